@@ -1,0 +1,99 @@
+"""Input validation shared by every entry point of the project.
+
+Every public function validates its arguments here, so bad input always gets the
+same ValueError/TypeError naming the argument, never an ``assert`` or a crash deep
+inside a kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_HEAD_DIM = 256
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of an attention problem in HND layout.
+
+    q: [batch, heads, q_len, head_dim]; k, v: [batch, kv_heads, kv_len, head_dim].
+    """
+
+    batch: int
+    heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head (1 for MHA, heads for MQA)."""
+        return self.heads // self.kv_heads
+
+
+def check_qkv(q, k, v) -> Shape:
+    """Check q, k, v (HND layout) and return their sizes."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dimensions [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share a dtype")
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; q, k and v must share a device")
+    batch, heads, q_len, head_dim = q.shape
+    _, kv_heads, kv_len, _ = k.shape
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if k.shape[0] != batch:
+        raise ValueError(f"k has batch {k.shape[0]} but q has batch {batch}")
+    if k.shape[3] != head_dim:
+        raise ValueError(f"k has head_dim {k.shape[3]} but q has head_dim {head_dim}")
+    if batch < 1 or q_len < 1 or kv_len < 1 or kv_heads < 1:
+        raise ValueError(f"q and k need batch, heads and lengths >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if not 1 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(f"q has head_dim {head_dim}; supported is 1..{MAX_HEAD_DIM}")
+    if heads % kv_heads != 0:
+        raise ValueError(f"q's heads ({heads}) must be a multiple of k's heads ({kv_heads}) for GQA/MQA")
+    return Shape(batch, heads, kv_heads, q_len, kv_len, head_dim)
+
+
+def check_flag(name: str, value) -> bool:
+    """A boolean option; 0/1 or None are refused so typos don't pass silently."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices):
+    """An option that must be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def check_block(name: str, value) -> int:
+    """A tile size: a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
+def resolve_sm_scale(sm_scale, head_dim: int) -> float:
+    """The softmax scale: ``head_dim ** -0.5`` by default, else a finite real number."""
+    if sm_scale is None:
+        return head_dim**-0.5
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+        raise TypeError(f"sm_scale must be a float or None, got {sm_scale!r}")
+    if not math.isfinite(sm_scale):
+        raise ValueError(f"sm_scale must be finite, got {sm_scale!r}")
+    return float(sm_scale)
