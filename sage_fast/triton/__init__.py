@@ -1,0 +1,57 @@
+"""The Triton ladder: from a fused fp16 FlashAttention kernel to SageAttention2's INT8/FP8 kernel.
+
+``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal,
+and the tests iterate over it.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from triton import knobs
+
+import sage_ref
+
+if knobs.runtime.interpret:
+    from . import interpreter_fixes
+
+    interpreter_fixes.apply()
+
+from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One step of the ladder.
+
+    forward(q, k, v, *, is_causal, sm_scale, return_lse[, smooth_k]) runs it on HND tensors;
+    reference(...) is the sage_ref emulation it is held to; min_arch is the lowest compute
+    capability (major·10 + minor) it runs on; smooths says whether it takes ``smooth_k``.
+    """
+
+    name: str
+    forward: Callable
+    reference: Callable
+    min_arch: int
+    smooths: bool
+
+
+def _sage_ref(pv, module):
+    return partial(sage_ref.sage_attention, qk_granularity="block", pv=pv, block_m=module.BLOCK_M, block_n=module.BLOCK_N)
+
+
+RUNGS = (
+    Rung(
+        "1-flash-fp16",
+        rung1_flash.forward,
+        partial(
+            sage_ref.sage_attention, qk_granularity=None, pv="fp16", smooth_k=False,
+            block_m=rung1_flash.BLOCK_M, block_n=rung1_flash.BLOCK_N,
+        ),  # fmt: skip
+        80,
+        False,
+    ),
+    Rung("2-int8-qk", rung2_int8_qk.forward, _sage_ref("fp16", rung2_int8_qk), 80, True),
+    Rung("3-fused-quant", rung3_fused_quant.forward, _sage_ref("fp16", rung3_fused_quant), 80, True),
+    Rung("4-fp8-pv", rung4_fp8_pv.forward, _sage_ref("fp8", rung4_fp8_pv), 89, True),
+)

@@ -1,0 +1,112 @@
+"""The SageAttention kernel of rungs 2-4: INT8 Q·Kᵀ, online softmax in base 2, FP16 or FP8 P·V.
+
+Per program: a tile of BLOCK_M query rows of one (batch, head); per key tile of BLOCK_N keys
+
+    S   = (Q̂ K̂ᵀ on the int8 tensor cores, int32) · (q_scale · k_scale)   # one multiply per tile
+    P   = exp2(S - m_new)                      # log2 e is already inside q_scale
+    PV  = fp16(P) · fp16(V), fp16 accumulator   (PV_FP8=False, SageAttention v1)
+        = e4m3(448 P) · e4m3(V / v_scale), fp32  (PV_FP8=True, SageAttention2)
+    acc = alpha · acc + PV                     # fp32 across tiles: the second accumulation level
+
+and at the end out = acc / l (· v_scale / 448 for fp8), lse = (m + log2 l) · ln 2 + shift.
+The fp8 block product is a separate dot from a zero accumulator, added into acc in fp32,
+so fp8's reduced-precision tensor-core accumulation never sees the running total.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import finish, key_range, softmax_step, visible
+from .launch import attention_grid, lse_buffer, strides
+
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def sage_attn_kernel(
+    QInt8, KInt8, QScale, KScale, V, VScale, Out, Lse, Shift,
+    sv_b, sv_h, sv_n, sv_d,
+    so_b, so_h, so_n, so_d,
+    heads, group, kv_heads, q_len, kv_len, kv_len_padded, head_dim,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    IS_CAUSAL: tl.constexpr, PV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr, WITH_SHIFT: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    start_m = pid_m * BLOCK_M
+    bh = tl.program_id(1).to(tl.int64)
+    b = bh // heads
+    h = bh % heads
+    kv_bh = b * kv_heads + h // group
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+
+    q = tl.load(QInt8 + (bh * q_len + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < q_len)
+    q_scale = tl.load(QScale + bh * tl.num_programs(0) + pid_m)
+    k_ptrs = KInt8 + (kv_bh * kv_len + offs_n[None, :]) * HEAD_DIM + offs_d[:, None]
+    k_scale_ptr = KScale + kv_bh * tl.cdiv(kv_len, BLOCK_N)
+    if PV_FP8:
+        # V is stored transposed [D, N_padded]: the keys, P·V's reduction axis, are contiguous.
+        v_ptrs = V + (kv_bh * HEAD_DIM + offs_d[None, :]) * kv_len_padded + offs_n[:, None]
+    else:
+        v_ptrs = V + b * sv_b + (h // group) * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    hi = key_range(start_m, q_len, kv_len, BLOCK_M, IS_CAUSAL)
+    for start_n in range(0, hi, BLOCK_N):
+        keys = start_n + offs_n
+        k = tl.load(k_ptrs + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
+        k_scale = tl.load(k_scale_ptr + start_n // BLOCK_N)
+        s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)
+        s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
+        p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
+        if PV_FP8:
+            v = tl.load(v_ptrs + start_n)
+            pv = tl.dot((p * 448.0).to(tl.float8e4nv), v)
+        else:
+            v = tl.load(v_ptrs + start_n * sv_n, mask=(keys[:, None] < kv_len) & (offs_d[None, :] < head_dim), other=0.0)
+            pv = tl.dot(p.to(tl.float16), v.to(tl.float16), out_dtype=tl.float16).to(tl.float32)
+        acc = acc * alpha[:, None] + pv
+
+    out, lse2 = finish(acc, m_i, l_i)
+    if PV_FP8:
+        out = out * tl.math.div_rn(tl.load(VScale + kv_bh * HEAD_DIM + offs_d), 448.0)[None, :]
+    m_ok = offs_m < q_len
+    tl.store(
+        Out + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :] * so_d,
+        out.to(Out.dtype.element_ty), mask=m_ok[:, None] & (offs_d[None, :] < head_dim),
+    )
+    if RETURN_LSE:
+        lse = lse2 * LN2
+        if WITH_SHIFT:
+            lse += tl.load(Shift + bh * q_len + offs_m, mask=m_ok)
+        tl.store(Lse + bh * q_len + offs_m, lse, mask=m_ok)
+
+
+def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal, block_m, block_n,
+           v_scale=None, shift=None, return_lse=False, num_warps=8, num_stages=3):  # fmt: skip
+    """Run :func:`sage_attn_kernel` on quantized inputs.
+
+    q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)],
+    k_scale [B,Hkv,ceil(Nkv/block_n)]; v: the original V [B,Hkv,Nkv,D] (fp16 P·V) or, with
+    ``v_scale`` [B,Hkv,Dp], V̂ᵀ [B,Hkv,Dp,Npad] in e4m3 (fp8 P·V). ``out_like`` gives the
+    output's shape/dtype/device. Returns out (and lse [B,H,Nq] fp32, natural log).
+    """
+    batch, heads, q_len, head_dim_padded = q_int8.shape
+    kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
+    pv_fp8 = v_scale is not None
+    out = torch.empty_like(out_like)
+    lse = lse_buffer(out, return_lse)
+    sage_attn_kernel[attention_grid(out, block_m)](
+        q_int8, k_int8, q_scale, k_scale, v, v_scale if pv_fp8 else q_scale, out, lse,
+        shift if shift is not None else lse,
+        *(strides(v) if not pv_fp8 else (0, 0, 0, 0)), *strides(out),
+        heads, heads // kv_heads, kv_heads, q_len, kv_len, v.shape[-1] if pv_fp8 else kv_len, head_dim,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim_padded, IS_CAUSAL=is_causal,
+        PV_FP8=pv_fp8, RETURN_LSE=return_lse, WITH_SHIFT=shift is not None,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return (out, lse) if return_lse else out

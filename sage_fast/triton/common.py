@@ -1,0 +1,65 @@
+"""Pieces every attention rung shares: the key-range of a query tile, masks, the softmax step.
+
+Kernels index tensors through explicit strides ``[batch, head, token, channel]``, so HND,
+NHD and any strided view are read in place, without a copy.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def key_range(start_m, q_len, kv_len, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """The keys [0, hi) a query tile starting at ``start_m`` can see.
+
+    Causal is bottom-right aligned: query i sees key j iff j <= i + kv_len - q_len, so
+    the tile's last row sees keys up to start_m + BLOCK_M - 1 + kv_len - q_len.
+    """
+    if IS_CAUSAL:
+        # May be <= 0: the tile's rows see no key and the loop does not run.
+        hi = tl.minimum(kv_len, start_m + BLOCK_M + kv_len - q_len)
+    else:
+        hi = kv_len
+    return hi
+
+
+@triton.jit
+def visible(offs_m, offs_n, q_len, kv_len, IS_CAUSAL: tl.constexpr):
+    """[BLOCK_M, BLOCK_N] mask of the scores that exist: keys past kv_len and, if causal, future keys are out."""
+    mask = offs_n[None, :] < kv_len
+    if IS_CAUSAL:
+        mask = mask & (offs_n[None, :] <= offs_m[:, None] + (kv_len - q_len))
+    return mask
+
+
+@triton.jit
+def softmax_step(s, m_i, l_i):
+    """One online-softmax step on base-2 logits s [BLOCK_M, BLOCK_N] (masked entries = -inf).
+
+    Returns (p, alpha, m_new, l_new): p = exp2(s - m_new), alpha = exp2(m_i - m_new)
+    rescales what was accumulated, l_new = alpha · l_i + rowsum(p). A row with no
+    visible key yet keeps m = -inf; subtracting 0 instead keeps NaN out of it.
+    """
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.math.exp2(m_i - m_safe)
+    p = tl.math.exp2(s - m_safe[:, None])
+    l_new = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
+@triton.jit
+def finish(acc, m_i, l_i):
+    """out = acc / l (0 for a row that saw no key) and its base-2 log-sum-exp m + log2 l (-inf there)."""
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+    return out, lse2
+
+
+
+@triton.jit
+def nan_poisoned(amax, poison):
+    """amax + Σ 0·x: the hardware's max drops NaN, but 0·NaN = 0·inf = NaN survives a sum,
+    so a non-finite input makes its scale NaN instead of quantizing to finite garbage."""
+    return amax + poison

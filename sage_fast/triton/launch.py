@@ -1,0 +1,30 @@
+"""Host-side helpers shared by the rungs' launchers."""
+
+import math
+
+import torch
+import triton
+
+LOG2E = math.log2(math.e)
+
+
+def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    """A 4-d tensor's element strides: kernels read any layout or view in place."""
+    return tuple(t.stride())
+
+
+def head_dim_block(head_dim: int) -> int:
+    """The kernels' HEAD_DIM tile: a power of two >= 16 (tensor-core K step); extra channels are masked."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def attention_grid(q: torch.Tensor, block_m: int) -> tuple[int, int]:
+    """One program per (query tile, batch·head)."""
+    return (triton.cdiv(q.shape[2], block_m), q.shape[0] * q.shape[1])
+
+
+def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
+    """fp32 [B, H, Nq] for the log-sum-exp, or a 1-element placeholder the kernel never touches."""
+    if return_lse:
+        return torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=q.device)
+    return torch.empty(1, dtype=torch.float32, device=q.device)

@@ -1,0 +1,48 @@
+"""Rung 2: INT8 Q·Kᵀ with per-block scales and fp16 P·V — SageAttention v1.
+
+What changed from rung 1: K is smoothed (its mean over tokens subtracted) and Q (with
+sm_scale · log2 e folded in) and K are quantized to INT8 with one scale per kernel
+tile, here with plain PyTorch operations on the host (``sage_ref``'s quantizers). The
+kernel multiplies int8 tiles on the tensor cores into int32 and dequantizes with a single
+multiply by q_scale · k_scale; P·V uses an fp16 accumulator inside each key tile, fp32
+across tiles.
+
+What it bought: INT8 tensor-core throughput for Q·Kᵀ; the host-side quantization costs
+several extra passes over Q and K, which rung 3 removes (docs/benchmarks.md has the
+H100/H200 numbers).
+
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128, block_n=64)``.
+"""
+
+import torch
+import torch.nn.functional as F
+
+import sage_ref
+
+from . import attn_int8
+from .launch import LOG2E, head_dim_block
+
+BLOCK_M = 128
+BLOCK_N = 64
+
+
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+    head_dim = q.shape[-1]
+    pad = head_dim_block(max(head_dim, 32)) - head_dim
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    k_mean = None
+    if smooth_k:
+        k, k_mean = sage_ref.smooth_k(k)
+    q_hat = sage_ref.quantize_int8(q.float() * (scale * LOG2E), "block", BLOCK_M)
+    k_hat = sage_ref.quantize_int8(k, "block", BLOCK_N)
+    shift = None
+    if return_lse and smooth_k:
+        group = q.shape[1] // k_mean.shape[1]
+        shift = scale * torch.matmul(q.float(), k_mean.repeat_interleave(group, dim=1).transpose(-1, -2))[..., 0]
+    return attn_int8.launch(
+        F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
+        F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
+        out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
+        shift=shift, return_lse=return_lse,
+    )  # fmt: skip

@@ -1,0 +1,43 @@
+"""Rung 3: smoothing and quantization fused into one kernel launch per tensor.
+
+What changed from rung 2: instead of PyTorch's separate passes (mean, subtract, abs-max,
+divide, round, cast, pad), :mod:`sage_fast.triton.quant` reads Q once and K twice (once
+for its mean, once to quantize; the second read mostly hits L2) and writes the int8
+codes and scales the attention kernel reads, plus the lse shift when asked.
+
+What it bought: the quantization overhead of the whole call drops to about one read of
+Q and K (docs/benchmarks.md has the H100/H200 numbers).
+
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128, block_n=64)``.
+"""
+
+from . import attn_int8
+from .launch import head_dim_block
+from .quant import quantize_kv, quantize_q
+
+BLOCK_M = 128
+BLOCK_N = 64
+
+
+def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8):
+    """The fused pipeline shared by rungs 3 and 4: quantize K (and V), then Q, then attend."""
+    head_dim = q.shape[-1]
+    head_dim_padded = head_dim_block(max(head_dim, 32))
+    scale = head_dim**-0.5 if sm_scale is None else sm_scale
+    kv = quantize_kv(k, v, block_n=BLOCK_N, head_dim_padded=head_dim_padded, smooth_k=smooth_k, v_fp8=v_fp8)
+    q_int8, q_scale, shift = quantize_q(
+        q, sm_scale=scale, block_m=BLOCK_M, head_dim_padded=head_dim_padded,
+        k_mean=kv["k_mean"] if (smooth_k and return_lse) else None, kv_heads=k.shape[1],
+    )  # fmt: skip
+    return attn_int8.launch(
+        q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
+        v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
+        block_m=BLOCK_M, block_n=BLOCK_N, shift=shift, return_lse=return_lse,
+    )  # fmt: skip
+
+
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+    return quantized_forward(
+        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, v_fp8=False
+    )

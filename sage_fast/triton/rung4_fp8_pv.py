@@ -1,0 +1,25 @@
+"""Rung 4: FP8 e4m3 P·V with per-channel V scales and two-level fp32 accumulation — SageAttention2.
+
+What changed from rung 3: the fused quantization launch also scales V per channel into
+e4m3's range (v_scale = max_n |V| / 448) and stores it transposed, keys contiguous, as
+the 8-bit wgmma wants its B operand; the kernel scales P into [0, 448], multiplies
+e4m3 × e4m3 on the fp8 tensor cores (twice the fp16 rate on Hopper and Ada) into a fresh
+fp32 block result and adds that into the fp32 total. Needs sm89+ (fp8 tensor cores).
+
+What it bought: the P·V half of the FLOPs at fp8 rate (docs/benchmarks.md has the
+H100/H200 numbers). It costs accuracy by the format itself: rounding P and V to e4m3
+alone gives rel L1 ≈ 0.037 on Gaussian inputs.
+
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp8", block_m=128, block_n=64)``.
+"""
+
+from .rung3_fused_quant import BLOCK_M, BLOCK_N, quantized_forward
+
+__all__ = ["BLOCK_M", "BLOCK_N", "forward"]
+
+
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+    return quantized_forward(
+        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, v_fp8=True
+    )
