@@ -1,0 +1,225 @@
+"""Benchmark: every Triton rung, the whole ``sageattn`` call, kernel-only, torch SDPA and PyPI sageattention 1.0.6.
+
+    python -m sage_fast.bench [--quick] [--out DIR]
+
+TOPS = 4·B·H·N²·D / time (halved for causal), inputs fp16 Gaussian [B, H, N, D] with
+B·N = 16k tokens and H = 32, timed with ``triton.testing.do_bench`` (median). Accuracy
+columns compare with an fp32 SDPA of the same inputs (cosine similarity, relative L1).
+Writes ``bench.json`` (card, versions, date, every number) and ``bench.png`` into --out,
+prints a table. Without a GPU it says so and runs a small CPU sanity pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import sage_ref
+
+SDPA_BACKENDS = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+def tops(batch, heads, n, head_dim, causal, ms):
+    """4·B·H·N²·D operations (half for causal) per second, in 10^12."""
+    flops = 4 * batch * heads * n * n * head_dim * (0.5 if causal else 1.0)
+    return flops / (ms * 1e-3) / 1e12
+
+
+def peer_106():
+    """PyPI sageattention 1.0.6's sageattn, or None when it is not installed."""
+    try:
+        from sageattention import sageattn  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    return sageattn
+
+
+def implementations(causal):
+    """name -> fn(q, k, v) for everything timed; whole calls, quantization included."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from sage_fast.triton import RUNGS
+
+    impls = {}
+    for backend in SDPA_BACKENDS:
+
+        def sdpa(q, k, v, backend=getattr(SDPBackend, backend)):
+            with sdpa_kernel([backend]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+
+        impls["sdpa-" + backend.split("_")[0].lower()] = sdpa
+    for rung in RUNGS:
+        impls["rung" + rung.name] = lambda q, k, v, rung=rung: rung.forward(q, k, v, is_causal=causal)
+    try:
+        from sage_fast import sageattn
+    except ImportError:
+        sageattn = None
+    if sageattn is not None:
+        impls["sageattn-fp16"] = lambda q, k, v: sageattn(q, k, v, is_causal=causal, pv="fp16")
+        impls["sageattn-fp8"] = lambda q, k, v: sageattn(q, k, v, is_causal=causal, pv="fp8")
+    old = peer_106()
+    if old is not None:
+        # 1.0.6 subtracts K's mean in place: give it a copy (its cost is subtracted below).
+        impls["sageattention-1.0.6"] = lambda q, k, v: old(q, k.clone(), v, is_causal=causal)
+    return impls
+
+
+def kernel_only(q, k, v, causal, v_fp8):
+    """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
+    from sage_fast.triton import attn_int8, rung3_fused_quant as r3
+    from sage_fast.triton.launch import head_dim_block
+    from sage_fast.triton.quant import quantize_kv, quantize_q
+
+    dp = head_dim_block(max(q.shape[-1], 32))
+    kv = quantize_kv(k, v, block_n=r3.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
+    q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=r3.BLOCK_M, head_dim_padded=dp)
+    vv = kv["v_fp8_t"] if v_fp8 else v
+    return lambda: attn_int8.launch(
+        q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
+        is_causal=causal, block_m=r3.BLOCK_M, block_n=r3.BLOCK_N,
+    )  # fmt: skip
+
+
+def run_gpu(quick):
+    from triton.testing import do_bench
+
+    lengths = (1024, 4096) if quick else (1024, 2048, 4096, 8192, 16384, 32768)
+    rows = []
+    for head_dim in (64, 128):
+        for causal in (False, True):
+            impls = implementations(causal)
+            for n in lengths:
+                batch, heads = max(1, 16384 // n), 32
+                gen = torch.Generator(device="cuda").manual_seed(n + head_dim)
+                q, k, v = (
+                    torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.float16, generator=gen)
+                    for _ in range(3)
+                )
+                truth = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+                clone_ms = do_bench(lambda: k.clone(), warmup=25, rep=100, return_mode="median")
+                timed = dict(impls)
+                timed["kernel-only-fp16"] = kernel_only(q, k, v, causal, v_fp8=False)
+                timed["kernel-only-fp8"] = kernel_only(q, k, v, causal, v_fp8=True)
+                for name, fn in timed.items():
+                    call = fn if name.startswith("kernel-only") else (lambda fn=fn: fn(q, k, v))
+                    try:
+                        out = call()
+                        ms = do_bench(call, warmup=25, rep=100, return_mode="median")
+                    except Exception as exc:  # noqa: BLE001 - a peer that can't run a shape is reported, not fatal
+                        rows.append(dict(name=name, n=n, head_dim=head_dim, causal=causal, error=repr(exc)[:200]))
+                        continue
+                    if name == "sageattention-1.0.6":
+                        ms -= clone_ms
+                    rows.append(
+                        dict(
+                            name=name, n=n, batch=batch, heads=heads, head_dim=head_dim, causal=causal, ms=ms,
+                            tops=tops(batch, heads, n, head_dim, causal, ms),
+                            cos=sage_ref.cosine_similarity(out, truth), rel_l1=sage_ref.relative_l1(out, truth),
+                        )  # fmt: skip
+                    )
+                    print(f"{name:22s} hd{head_dim} causal={causal!s:5} N={n:6d} {rows[-1].get('tops', 0):7.1f} TOPS")
+                del q, k, v, truth
+                torch.cuda.empty_cache()
+    return rows
+
+
+def environment():
+    """Card, versions and date, recorded next to every number."""
+    import triton
+
+    return dict(
+        card=torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        torch=torch.__version__,
+        triton=triton.__version__,
+        cuda=torch.version.cuda,
+        date=datetime.date.today().isoformat(),
+    )
+
+
+def plot(rows, path):
+    """TOPS against N, one panel per (head_dim, causal)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot")
+        return
+    panels = sorted({(r["head_dim"], r["causal"]) for r in rows if "tops" in r})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (hd, causal) in zip(axes[0], panels):
+        for name in sorted({r["name"] for r in rows}):
+            pts = [(r["n"], r["tops"]) for r in rows if r["name"] == name and r["head_dim"] == hd and r["causal"] == causal and "tops" in r]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"head_dim {hd}, {'causal' if causal else 'non-causal'}")
+        ax.set_xlabel("N")
+        ax.set_ylabel("TOPS")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def table(rows):
+    """Ratios that matter, per shape: whole-call sageattn vs cuDNN and vs 1.0.6."""
+    by = {}
+    for r in rows:
+        if "tops" in r:
+            by.setdefault((r["head_dim"], r["causal"], r["n"]), {})[r["name"]] = r
+    lines = [f"{'shape':24s} " + " ".join(f"{c:>10s}" for c in ("cudnn", "1.0.6", "rung3", "rung4", "kern-fp8", "r4/cudnn", "r4/1.0.6"))]
+    for (hd, causal, n), d in sorted(by.items()):
+        get = lambda name: d.get(name, {}).get("tops", math.nan)  # noqa: E731
+        cud, old, r3, r4, kf = get("sdpa-cudnn"), get("sageattention-1.0.6"), get("rung3-fused-quant"), get("rung4-fp8-pv"), get("kernel-only-fp8")
+        lines.append(
+            f"hd{hd} {'causal' if causal else 'full':6s} N={n:<7d}    "
+            + " ".join(f"{x:10.1f}" for x in (cud, old, r3, r4, kf))
+            + f" {r4 / cud:10.2f} {r4 / old:10.2f}"
+        )
+    return "\n".join(lines)
+
+
+def run_cpu():
+    """No GPU: a small sanity pass of the reference path (and its accuracy against fp64)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 256, 64, generator=gen) for _ in range(3))
+    truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
+    rows = []
+    for pv in ("fp16", "fp8"):
+        out = sage_ref.sage_attention(q, k, v, pv=pv)
+        rows.append(dict(name=f"sage_ref-{pv}", cos=sage_ref.cosine_similarity(out, truth), rel_l1=sage_ref.relative_l1(out, truth)))
+        print(f"{rows[-1]['name']:16s} cos {rows[-1]['cos']:.6f}  rel L1 {rows[-1]['rel_l1']:.4f}")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two lengths only")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json and bench.png")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    if not torch.cuda.is_available():
+        print("No CUDA GPU here: running a small CPU sanity pass instead of the benchmark.")
+        rows = run_cpu()
+    else:
+        rows = run_gpu(args.quick)
+        plot(rows, out / "bench.png")
+    (out / "bench.json").write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
+    print(json.dumps(env))
+    if torch.cuda.is_available():
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

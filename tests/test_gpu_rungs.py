@@ -1,0 +1,67 @@
+"""GPU suite (H100/H200): every rung at real, awkward sizes against its sage_ref emulation.
+
+Bound, in FlashAttention's spirit: max|kernel - truth| <= 2 · max|emulation - truth| + noise,
+with the truth an fp64 naive attention and the emulation sage_ref's variant of the rung, which
+rounds at the same points. noise = 2^-10 · max|v| covers what the emulation cannot pin down
+exactly: the output's own rounding to fp16/bf16 (2^-11 relative, |out| <= max|v|), exp2's
+approximation, the tensor cores' summation order and, for fp8, Hopper's reduced-precision
+accumulation inside one 64-key MMA.
+"""
+
+import pytest
+import torch
+
+import sage_ref
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+SHAPES = [  # batch, heads, kv_heads, q_len, kv_len, head_dim, causal
+    (2, 8, 2, 1000, 4097, 128, True),
+    (1, 4, 4, 4096, 4096, 64, False),
+    (1, 6, 3, 77, 1000, 256, True),
+    (3, 2, 2, 1, 300, 32, True),
+    (1, 4, 1, 4097, 77, 128, True),
+    (2, 4, 4, 1024, 1024, 96, False),
+]
+
+
+def rungs():
+    from sage_fast.triton import RUNGS
+
+    return RUNGS
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("-causal" if s[6] else ""))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rung_index", range(4))
+def test_rung_matches_emulation(rung_index, dtype, shape):
+    rung = rungs()[rung_index]
+    major, minor = torch.cuda.get_device_capability()
+    if major * 10 + minor < rung.min_arch:
+        pytest.skip(f"{rung.name} needs sm{rung.min_arch}")
+    if rung.name.startswith("1") and dtype == torch.bfloat16:
+        pytest.skip("rung 1 rounds P to the input dtype; its emulation is fp16")
+    batch, heads, kv_heads, q_len, kv_len, head_dim, causal = shape
+    gen = torch.Generator(device="cuda").manual_seed(sum(shape))
+    q = torch.randn(batch, heads, q_len, head_dim, device="cuda", generator=gen).to(dtype)
+    k = (torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen) + 3).to(dtype)
+    v = torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen).to(dtype)
+    q0, k0, v0 = q.clone(), k.clone(), v.clone()
+    out, lse = rung.forward(q, k, v, is_causal=causal, return_lse=True)
+    torch.cuda.synchronize()
+    assert torch.equal(q, q0) and torch.equal(k, k0) and torch.equal(v, v0), "inputs were modified"
+    emu, emu_lse = rung.reference(q, k, v, is_causal=causal, return_lse=True)
+    truth, truth_lse = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=causal, return_lse=True)
+    assert torch.isfinite(out).all(), "non-finite output on finite input (unwritten or broken elements)"
+    noise = 2.0**-10 * v.double().abs().max()
+    err = (out.double() - truth).abs().max()
+    bound = 2 * (emu.double() - truth).abs().max() + noise
+    assert err <= bound, f"{rung.name}: max error {err:.3e} > bound {bound:.3e}"
+    seen = torch.isfinite(truth_lse)
+    assert torch.equal(torch.isfinite(lse), seen)
+    lse_err = (lse.double() - truth_lse)[seen].abs().max()
+    lse_bound = 2 * (emu_lse.double() - truth_lse)[seen].abs().max() + 1e-4
+    assert lse_err <= lse_bound, f"{rung.name}: lse error {lse_err:.3e} > {lse_bound:.3e}"
