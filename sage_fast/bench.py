@@ -72,20 +72,45 @@ def implementations(causal):
     return impls
 
 
-def kernel_only(q, k, v, causal, v_fp8):
+def kernel_only(q, k, v, causal, v_fp8, block_m=None, block_n=None, num_warps=8, num_stages=3):
     """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
     from sage_fast.triton import attn_int8, rung3_fused_quant as r3
     from sage_fast.triton.launch import head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
+    block_m, block_n = block_m or r3.BLOCK_M, block_n or r3.BLOCK_N
     dp = head_dim_block(max(q.shape[-1], 32))
-    kv = quantize_kv(k, v, block_n=r3.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
-    q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=r3.BLOCK_M, head_dim_padded=dp)
+    kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
+    q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=block_m, head_dim_padded=dp)
     vv = kv["v_fp8_t"] if v_fp8 else v
     return lambda: attn_int8.launch(
         q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
-        is_causal=causal, block_m=r3.BLOCK_M, block_n=r3.BLOCK_N,
+        is_causal=causal, block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
+
+
+def sweep_tiles():
+    """Kernel-only TOPS over tile shapes, warps and pipeline depth (tile = quantization block)."""
+    from triton.testing import do_bench
+
+    rows = []
+    for head_dim, n, causal in ((128, 8192, False), (128, 8192, True), (64, 8192, False)):
+        batch, heads = 2, 32
+        q, k, v = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.float16) for _ in range(3))
+        for v_fp8 in (False, True):
+            for bm, bn, warps, stages in (
+                (128, 64, 8, 3), (128, 64, 4, 3), (64, 128, 4, 3), (64, 128, 4, 4), (64, 64, 4, 3),
+                (128, 128, 8, 3), (128, 128, 8, 2), (64, 128, 8, 3),
+            ):  # fmt: skip
+                try:
+                    ms = do_bench(kernel_only(q, k, v, causal, v_fp8, bm, bn, warps, stages), warmup=25, rep=100)
+                except Exception as exc:  # noqa: BLE001 - a config that does not fit is reported
+                    print(f"hd{head_dim} causal={causal} fp8={v_fp8} {bm}x{bn} w{warps} s{stages}: {repr(exc)[:80]}")
+                    continue
+                t = tops(batch, heads, n, head_dim, causal, ms)
+                rows.append(dict(head_dim=head_dim, causal=causal, v_fp8=v_fp8, bm=bm, bn=bn, warps=warps, stages=stages, tops=t))
+                print(f"hd{head_dim} causal={causal!s:5} fp8={v_fp8!s:5} {bm:3d}x{bn:<3d} w{warps} s{stages}: {t:6.1f} TOPS")
+    return rows
 
 
 def run_gpu(quick):
@@ -204,11 +229,15 @@ def run_cpu():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two lengths only")
+    parser.add_argument("--sweep", action="store_true", help="only sweep the kernel's tile configurations")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json and bench.png")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
+    if args.sweep:
+        (out / "sweep.json").write_text(json.dumps(dict(environment=env, rows=sweep_tiles()), indent=1))
+        return
     if not torch.cuda.is_available():
         print("No CUDA GPU here: running a small CPU sanity pass instead of the benchmark.")
         rows = run_cpu()

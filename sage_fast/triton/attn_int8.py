@@ -20,7 +20,7 @@ import triton.language as tl
 from .common import finish, key_range, softmax_step, visible
 from .launch import attention_grid, lse_buffer, strides
 
-LN2 = 0.6931471805599453
+LN2 = tl.constexpr(0.6931471805599453)  # ln 2: natural-log lse = base-2 lse · ln 2
 
 
 @triton.jit
