@@ -5,6 +5,7 @@ the fast kernels in :mod:`sage_fast` can be held to a tight bound against it.
 """
 
 from .attention import flash_attention, naive_attention
+from .masks import additive_bias, base2_bias
 from .metrics import cosine_similarity, relative_l1, rmse
 from .online_softmax import causal_visible, online_softmax
 from .quantization import (
@@ -24,6 +25,8 @@ __all__ = [
     "GRANULARITIES",
     "PV_MODES",
     "Int8Quantized",
+    "additive_bias",
+    "base2_bias",
     "causal_visible",
     "cosine_similarity",
     "decode_p",

@@ -97,3 +97,31 @@ def resolve_sm_scale(sm_scale, head_dim: int) -> float:
     if not math.isfinite(sm_scale):
         raise ValueError(f"sm_scale must be finite, got {sm_scale!r}")
     return float(sm_scale)
+
+
+MASK_DTYPES = (torch.bool, *FLOAT_DTYPES)
+
+
+def check_attn_mask(attn_mask, shape: Shape, device) -> torch.Tensor | None:
+    """Check an attention mask and return it as a 4-d view broadcastable to [batch, heads, q_len, kv_len].
+
+    A mask is boolean (True = the query attends to the key, torch's convention) or an
+    additive float bias in natural-log units, with any shape that broadcasts to
+    [batch, heads, q_len, kv_len] (heads = query heads). Nothing is copied: the view keeps
+    the mask's size-1 dimensions, so a key-padding mask [batch, 1, 1, kv_len] stays small.
+    """
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, torch.Tensor):
+        raise TypeError(f"attn_mask must be a torch.Tensor or None, got {type(attn_mask).__name__}")
+    if attn_mask.dtype not in MASK_DTYPES:
+        raise TypeError(f"attn_mask must be bool or float16/bfloat16/float32/float64, got {attn_mask.dtype}")
+    if attn_mask.device != device:
+        raise ValueError(f"attn_mask is on {attn_mask.device} but q is on {device}; they must share a device")
+    target = (shape.batch, shape.heads, shape.q_len, shape.kv_len)
+    mask_shape = tuple(attn_mask.shape)
+    if len(mask_shape) > 4 or any(m not in (1, t) for m, t in zip(reversed(mask_shape), reversed(target))):
+        raise ValueError(
+            f"attn_mask of shape {mask_shape} does not broadcast to [batch, heads, q_len, kv_len] = {list(target)}"
+        )
+    return attn_mask[(None,) * (4 - attn_mask.dim())]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 
 from .attention import LOG2E, compute_dtype, expand_kv
-from .checks import check_block, check_choice, check_flag, check_qkv, resolve_sm_scale
+from .checks import check_attn_mask, check_block, check_choice, check_flag, check_qkv, resolve_sm_scale
 from .online_softmax import online_softmax
 from .quantization import FP8_E4M3_MAX, GRANULARITIES, INT8_MAX, encode_p, quantize_int8, quantize_v_fp8, quantize_v_int8
 from .quantization import smooth_k as smooth_k_fn
@@ -110,6 +110,7 @@ def sage_attention(
     pv="fp16",
     block_m=128,
     block_n=64,
+    attn_mask=None,
     return_lse=False,
 ):
     """SageAttention with the kernels' rounding points: q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] -> out [B,H,Nq,D].
@@ -117,8 +118,10 @@ def sage_attention(
     qk_granularity: one of ``tensor token block warp thread`` (see
     :mod:`sage_ref.quantization`), or None to keep Q and K unquantized. With
     ``qk_granularity=None, pv="fp32", smooth_k=False`` this is exactly
-    :func:`~sage_ref.attention.flash_attention`. ``return_lse`` gives the natural-log
-    lse of the original logits Q Kᵀ · sm_scale [B, H, Nq].
+    :func:`~sage_ref.attention.flash_attention`. ``attn_mask``: bool (True = attend) or an
+    additive natural-log bias, broadcastable to [B, H, Nq, Nkv], added to the base-2 logits
+    as bias · log2 e. ``return_lse`` gives the natural-log lse of the original (masked)
+    logits Q Kᵀ · sm_scale + bias [B, H, Nq].
     """
     shape = check_qkv(q, k, v)
     check_flag("is_causal", is_causal)
@@ -128,6 +131,7 @@ def sage_attention(
     check_choice("pv", pv, PV_MODES)
     check_block("block_m", block_m)
     check_block("block_n", block_n)
+    attn_mask = check_attn_mask(attn_mask, shape, q.device)
     scale = resolve_sm_scale(sm_scale, shape.head_dim)
     exact = qk_granularity is None and pv == "fp32"
     dtype = compute_dtype(q.dtype) if exact else torch.float32
@@ -156,6 +160,7 @@ def sage_attention(
         acc_shape=tuple(q.shape),
         dtype=dtype,
         device=q.device,
+        attn_mask=attn_mask,
     )
     if out_scale is not None:
         out = out * out_scale

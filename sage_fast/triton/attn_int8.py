@@ -3,6 +3,7 @@
 Per program: a tile of BLOCK_M query rows of one (batch, head); per key tile of BLOCK_N keys
 
     S   = (Q̂ K̂ᵀ on the int8 tensor cores, int32) · (q_scale · k_scale)   # one multiply per tile
+        + bias · log2 e                        # attention mask, if any (natural-log units)
     P   = exp2(S - m_new)                      # log2 e is already inside q_scale
     PV  = fp16(P) · fp16(V), fp16 accumulator   (PV_FP8=False, SageAttention v1)
         = e4m3(448 P) · e4m3(V / v_scale), fp32  (PV_FP8=True, SageAttention2)
@@ -11,26 +12,38 @@ Per program: a tile of BLOCK_M query rows of one (batch, head); per key tile of 
 and at the end out = acc / l (· v_scale / 448 for fp8), lse = (m + log2 l) · ln 2 + shift.
 The fp8 block product is a separate dot from a zero accumulator, added into acc in fp32,
 so fp8's reduced-precision tensor-core accumulation never sees the running total.
+
+Masks: one additive-bias pointer with [batch, head, query, key] strides, 0 on broadcast
+dimensions. When the bias does not depend on the query row (a key-padding mask
+[batch, 1, 1, kv_len]), BIAS == ROW_BIAS loads one row of BLOCK_N values per key tile and
+broadcasts it over the tile's BLOCK_M rows; otherwise (FULL_BIAS) a [BLOCK_M, BLOCK_N] tile.
+A boolean mask is read as bytes and turned into 0 / -inf in registers, so it is never
+converted or copied on the host.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from .common import finish, key_range, softmax_step, visible
+from .common import bias_base2, finish, key_range, softmax_step, visible
 from .launch import attention_grid, lse_buffer, strides
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: natural-log lse = base-2 lse · ln 2
+NO_BIAS: tl.constexpr = 0
+ROW_BIAS: tl.constexpr = 1  # the bias is one row of keys, shared by every query (key padding)
+FULL_BIAS: tl.constexpr = 2
 
 
 @triton.jit
 def sage_attn_kernel(
-    QInt8, KInt8, QScale, KScale, V, VScale, Out, Lse, Shift,
+    QInt8, KInt8, QScale, KScale, V, VScale, Out, Lse, Shift, Bias,
     sv_b, sv_h, sv_n, sv_d,
     so_b, so_h, so_n, so_d,
+    sb_b, sb_h, sb_m, sb_n,
     heads, group, kv_heads, q_len, kv_len, kv_len_padded, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     IS_CAUSAL: tl.constexpr, PV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr, WITH_SHIFT: tl.constexpr,
+    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     start_m = pid_m * BLOCK_M
@@ -51,6 +64,9 @@ def sage_attn_kernel(
         v_ptrs = V + (kv_bh * HEAD_DIM + offs_d[None, :]) * kv_len_padded + offs_n[:, None]
     else:
         v_ptrs = V + b * sv_b + (h // group) * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
+    bias_ptrs = Bias + b * sb_b + h * sb_h
+    if BIAS == FULL_BIAS:
+        bias_ptrs = bias_ptrs + offs_m[:, None].to(tl.int64) * sb_m
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -61,6 +77,13 @@ def sage_attn_kernel(
         k = tl.load(k_ptrs + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
         k_scale = tl.load(k_scale_ptr + start_n // BLOCK_N)
         s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)
+        if BIAS == ROW_BIAS:
+            bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)
+            s += bias_base2(bias, BIAS_BOOL)[None, :]
+        elif BIAS == FULL_BIAS:
+            bias_ok = (offs_m[:, None] < q_len) & (keys[None, :] < kv_len)
+            bias = tl.load(bias_ptrs + keys[None, :] * sb_n, mask=bias_ok, other=0)
+            s += bias_base2(bias, BIAS_BOOL)
         s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
         p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
         if PV_FP8:
@@ -86,27 +109,44 @@ def sage_attn_kernel(
         tl.store(Lse + bh * q_len + offs_m, lse, mask=m_ok)
 
 
+def bias_view(attn_mask, shape):
+    """A validated mask (bool or float, broadcastable to ``shape`` [B,H,Nq,Nkv]) as the kernel reads it.
+
+    Returns (tensor, strides, mode): the mask expanded to ``shape`` as a view (stride 0 on broadcast
+    dimensions, nothing copied) and ROW_BIAS when it does not vary over queries, else FULL_BIAS.
+    """
+    if attn_mask is None:
+        return None, (0, 0, 0, 0), NO_BIAS
+    bias = attn_mask[(None,) * (4 - attn_mask.dim())].expand(shape)
+    sb = strides(bias)
+    mode = ROW_BIAS if sb[2] == 0 or shape[2] == 1 else FULL_BIAS
+    return bias, sb, mode
+
+
 def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal, block_m, block_n,
-           v_scale=None, shift=None, return_lse=False, num_warps=8, num_stages=3):  # fmt: skip
+           v_scale=None, shift=None, attn_mask=None, return_lse=False, num_warps=8, num_stages=3):  # fmt: skip
     """Run :func:`sage_attn_kernel` on quantized inputs.
 
     q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)],
     k_scale [B,Hkv,ceil(Nkv/block_n)]; v: the original V [B,Hkv,Nkv,D] (fp16 P·V) or, with
     ``v_scale`` [B,Hkv,Dp], V̂ᵀ [B,Hkv,Dp,Npad] in e4m3 (fp8 P·V). ``out_like`` gives the
-    output's shape/dtype/device. Returns out (and lse [B,H,Nq] fp32, natural log).
+    output's shape/dtype/device. ``attn_mask``: bool (True = attend) or natural-log additive
+    bias, broadcastable to [B,H,Nq,Nkv], any strides. Returns out (and lse [B,H,Nq] fp32, natural log).
     """
     batch, heads, q_len, head_dim_padded = q_int8.shape
     kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
     pv_fp8 = v_scale is not None
     out = torch.empty_like(out_like)
     lse = lse_buffer(out, return_lse)
+    bias, bias_strides, bias_mode = bias_view(attn_mask, (batch, heads, q_len, kv_len))
     sage_attn_kernel[attention_grid(out, block_m)](
         q_int8, k_int8, q_scale, k_scale, v, v_scale if pv_fp8 else q_scale, out, lse,
-        shift if shift is not None else lse,
-        *(strides(v) if not pv_fp8 else (0, 0, 0, 0)), *strides(out),
+        shift if shift is not None else lse, bias if bias is not None else q_scale,
+        *(strides(v) if not pv_fp8 else (0, 0, 0, 0)), *strides(out), *bias_strides,
         heads, heads // kv_heads, kv_heads, q_len, kv_len, v.shape[-1] if pv_fp8 else kv_len, head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim_padded, IS_CAUSAL=is_causal,
         PV_FP8=pv_fp8, RETURN_LSE=return_lse, WITH_SHIFT=shift is not None,
+        BIAS=bias_mode, BIAS_BOOL=bias is not None and bias.dtype == torch.bool,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return (out, lse) if return_lse else out

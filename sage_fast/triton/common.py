@@ -7,6 +7,9 @@ NHD and any strided view are read in place, without a copy.
 import triton
 import triton.language as tl
 
+LOG2E: tl.constexpr = 1.4426950408889634
+FP32_MAX: tl.constexpr = 3.4028234663852886e38
+
 
 @triton.jit
 def key_range(start_m, q_len, kv_len, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.constexpr):
@@ -56,6 +59,21 @@ def finish(acc, m_i, l_i):
     lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
     return out, lse2
 
+
+@triton.jit
+def bias_base2(bias, IS_BOOL: tl.constexpr):
+    """An attention-mask tile as an additive bias on base-2 logits (``sage_ref.masks.base2_bias``).
+
+    bool (True = attend) -> 0 / -inf; a float bias b in natural-log units -> b · log2 e, clamped
+    to -FP32_MAX where only the product overflowed, so a finite bias (torch.finfo.min masks) stays finite.
+    """
+    if IS_BOOL:
+        bias2 = tl.where(bias != 0, 0.0, float("-inf"))
+    else:
+        bias = bias.to(tl.float32)
+        bias2 = bias * LOG2E
+        bias2 = tl.where((bias2 == float("-inf")) & (bias != float("-inf")), -FP32_MAX, bias2)
+    return bias2
 
 
 @triton.jit

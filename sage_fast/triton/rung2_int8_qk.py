@@ -26,8 +26,11 @@ BLOCK_M = 128
 BLOCK_N = 64
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
+
+    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
+    """
     head_dim = q.shape[-1]
     pad = head_dim_block(max(head_dim, 32)) - head_dim
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
@@ -44,5 +47,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_ls
         F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
         F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
         out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
-        shift=shift, return_lse=return_lse,
+        shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip

@@ -19,8 +19,11 @@ BLOCK_M = 128
 BLOCK_N = 64
 
 
-def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8):
-    """The fused pipeline shared by rungs 3 and 4: quantize K (and V), then Q, then attend."""
+def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8, attn_mask=None):
+    """The fused pipeline shared by rungs 3 and 4: quantize K (and V), then Q, then attend.
+
+    attn_mask: None, or bool (True = attend) / natural-log additive bias broadcastable to [B,H,Nq,Nkv].
+    """
     head_dim = q.shape[-1]
     head_dim_padded = head_dim_block(max(head_dim, 32))
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
@@ -32,12 +35,16 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
     return attn_int8.launch(
         q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
         v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
-        block_m=BLOCK_M, block_n=BLOCK_N, shift=shift, return_lse=return_lse,
+        block_m=BLOCK_M, block_n=BLOCK_N, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
+
+    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
+    """
     return quantized_forward(
-        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, v_fp8=False
-    )
+        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
+        return_lse=return_lse, v_fp8=False,
+    )  # fmt: skip

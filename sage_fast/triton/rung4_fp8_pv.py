@@ -18,8 +18,12 @@ from .rung3_fused_quant import BLOCK_M, BLOCK_N, quantized_forward
 __all__ = ["BLOCK_M", "BLOCK_N", "forward"]
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq])."""
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
+
+    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
+    """
     return quantized_forward(
-        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse, v_fp8=True
-    )
+        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
+        return_lse=return_lse, v_fp8=True,
+    )  # fmt: skip
