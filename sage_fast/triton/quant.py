@@ -58,55 +58,105 @@ def quantize_q_kernel(
 
 
 @triton.jit
-def quantize_kv_kernel(
-    K, V, KInt8, KScale, KMean, VFp8T, VScale,
+def kv_stats_kernel(
+    K, V, KSum, VAmax,
     sk_b, sk_h, sk_n, sk_d,
     sv_b, sv_h, sv_n, sv_d,
-    kv_heads, kv_len, kv_len_float, kv_len_padded, head_dim,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
+    kv_heads, kv_len, head_dim,
+    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    """Per (chunk of CHUNK tokens, batch·kv head): Σ K over the chunk (program_id(2) == 0) or
+    max |V| per channel, NaN-poisoned (program_id(2) == 1). Partials [B·Hkv, n_chunks, HEAD_DIM]."""
+    chunk = tl.program_id(0)
+    bh = tl.program_id(1)
     b = (bh // kv_heads).to(tl.int64)
     h = (bh % kv_heads).to(tl.int64)
-    bh64 = bh.to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < head_dim
-    if tl.program_id(1) == 0:
-        k_ptrs = K + b * sk_b + h * sk_h + offs_n[:, None] * sk_n + offs_d[None, :] * sk_d
+    out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
+    if tl.program_id(2) == 0:
+        total = tl.zeros([HEAD_DIM], tl.float32)
+        for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
+            rows = start + offs_n
+            k = tl.load(
+                K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
+                mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
+            ).to(tl.float32)
+            total += tl.sum(k, 0)
+        tl.store(KSum + out, total)
+    else:
+        amax = tl.zeros([HEAD_DIM], tl.float32)
+        poison = tl.zeros([HEAD_DIM], tl.float32)
+        for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
+            rows = start + offs_n
+            v = tl.load(
+                V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
+                mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
+            ).to(tl.float32)
+            amax = tl.maximum(amax, tl.max(tl.abs(v), 0))
+            poison += tl.sum(v * 0.0, 0)
+        tl.store(VAmax + out, nan_poisoned(amax, poison))
+
+
+@triton.jit
+def reduce_chunks(Partials, bh, n_chunks, HEAD_DIM: tl.constexpr, MAX: tl.constexpr):
+    """Combine a (batch, kv head)'s chunk partials [n_chunks, HEAD_DIM]: their sum, or their NaN-poisoned max."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    acc = tl.zeros([HEAD_DIM], tl.float32)
+    poison = tl.zeros([HEAD_DIM], tl.float32)
+    for c in range(0, n_chunks):
+        x = tl.load(Partials + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
+        if MAX:
+            acc = tl.maximum(acc, x)
+            poison += x * 0.0
+        else:
+            acc += x
+    return nan_poisoned(acc, poison)
+
+
+@triton.jit
+def quantize_kv_kernel(
+    K, V, KSum, VAmax, KInt8, KScale, KMean, VFp8T, VScale,
+    sk_b, sk_h, sk_n, sk_d,
+    sv_b, sv_h, sv_n, sv_d,
+    kv_heads, kv_len, kv_len_float, kv_len_padded, head_dim, n_chunks,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
+):  # fmt: skip
+    """Per (tile of BLOCK_N keys, batch·kv head): K̂ and k_scale (program_id(2) == 0) or
+    e4m3(V / v_scale) transposed (program_id(2) == 1), from the chunk statistics."""
+    blk = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // kv_heads).to(tl.int64)
+    h = (bh % kv_heads).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    d_ok = offs_d < head_dim
+    row_ok = rows < kv_len
+    if tl.program_id(2) == 0:
+        k = tl.load(
+            K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
+            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
+        ).to(tl.float32)
         k_mean = tl.zeros([HEAD_DIM], tl.float32)
         if SMOOTH_K:
-            for start in range(0, kv_len, BLOCK_N):
-                row_ok = start + offs_n < kv_len
-                k = tl.load(k_ptrs + start * sk_n, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-                k_mean += tl.sum(k, 0)
-            k_mean = tl.math.div_rn(k_mean, kv_len_float)
-            tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
-        for start in range(0, kv_len, BLOCK_N):
-            row_ok = start + offs_n < kv_len
-            k = tl.load(k_ptrs + start * sk_n, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
-            rows = start + offs_n
-            tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
-            tl.store(KScale + bh64 * tl.cdiv(kv_len, BLOCK_N) + start // BLOCK_N, scale)
+            k_mean = tl.math.div_rn(reduce_chunks(KSum, bh, n_chunks, HEAD_DIM, False), kv_len_float)
+            if blk == 0:
+                tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
+        codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
+        tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
+        tl.store(KScale + bh64 * tl.num_programs(0) + blk, scale)
     else:
-        v_ptrs = V + b * sv_b + h * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
-        v_amax = tl.zeros([HEAD_DIM], tl.float32)
-        v_poison = tl.zeros([HEAD_DIM], tl.float32)
-        for start in range(0, kv_len, BLOCK_N):
-            row_ok = start + offs_n < kv_len
-            v = tl.load(v_ptrs + start * sv_n, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            v_amax = tl.maximum(v_amax, tl.max(tl.abs(v), 0))
-            v_poison += tl.sum(v * 0.0, 0)
-        v_scale = tl.math.div_rn(nan_poisoned(v_amax, v_poison), 448.0)
-        tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
-        safe = tl.where(v_scale == 0.0, 1.0, v_scale)
-        for start in range(0, kv_len_padded, BLOCK_N):
-            row_ok = start + offs_n < kv_len
-            v = tl.load(v_ptrs + start * sv_n, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            codes = tl.math.div_rn(v, safe[None, :]).to(tl.float8e4nv)
-            rows = start + offs_n
-            tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], codes)
+        v_scale = tl.math.div_rn(reduce_chunks(VAmax, bh, n_chunks, HEAD_DIM, True), 448.0)
+        if blk == 0:
+            tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
+        v = tl.load(
+            V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
+            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
+        ).to(tl.float32)
+        codes = tl.math.div_rn(v, tl.where(v_scale == 0.0, 1.0, v_scale)[None, :]).to(tl.float8e4nv)
+        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], codes)
 
 
 def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1):
@@ -124,31 +174,45 @@ def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1
     return q_int8, q_scale, shift
 
 
+STATS_CHUNK = 2048  # tokens per statistics program: enough programs to fill the GPU, few partials to combine
+
+
 def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
-    """Smooth and quantize K (and V to fp8 when ``v_fp8``) in one launch.
+    """Smooth and quantize K (and V to fp8 when ``v_fp8``): a statistics launch, then a quantization launch.
 
     k, v [B,Hkv,N,D] (any strides) -> dict with k_int8 [B,Hkv,N,Dp], k_scale [B,Hkv,ceil(N/block_n)],
     k_mean [B,Hkv,Dp] (if smooth_k), and v_fp8_t [B,Hkv,Dp,Npad], v_scale [B,Hkv,Dp] (if v_fp8).
+    Both launches are parallel over token chunks and batch·head; the statistics are combined in a
+    fixed order, so results are deterministic.
     """
     batch, kv_heads, kv_len, head_dim = k.shape
     dev = k.device
     n_blocks = triton.cdiv(kv_len, block_n)
     kv_len_padded = n_blocks * block_n
+    n_chunks = triton.cdiv(kv_len, STATS_CHUNK)
+    parts = 2 if v_fp8 else 1
     out = {
         "k_int8": torch.empty(batch, kv_heads, kv_len, head_dim_padded, dtype=torch.int8, device=dev),
         "k_scale": torch.empty(batch, kv_heads, n_blocks, dtype=torch.float32, device=dev),
-        "k_mean": torch.zeros(batch, kv_heads, head_dim_padded, dtype=torch.float32, device=dev) if smooth_k else None,
+        "k_mean": torch.empty(batch, kv_heads, head_dim_padded, dtype=torch.float32, device=dev) if smooth_k else None,
         "v_fp8_t": None,
         "v_scale": None,
     }
     if v_fp8:
         out["v_fp8_t"] = torch.empty(batch, kv_heads, head_dim_padded, kv_len_padded, dtype=torch.float8_e4m3fn, device=dev)
         out["v_scale"] = torch.empty(batch, kv_heads, head_dim_padded, dtype=torch.float32, device=dev)
+    stats = torch.empty(parts, batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float32, device=dev)
     placeholder = out["k_scale"]
-    quantize_kv_kernel[(batch * kv_heads, 2 if v_fp8 else 1)](
-        k, v, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
+    if smooth_k or v_fp8:
+        # Without smoothing the K statistics are not needed, but the launch still covers V.
+        kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
+            k, v, stats[0], stats[-1], *strides(k), *strides(v), kv_heads, kv_len, head_dim,
+            CHUNK=STATS_CHUNK, BLOCK_N=64, HEAD_DIM=head_dim_padded,
+        )  # fmt: skip
+    quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
+        k, v, stats[0], stats[-1], out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
         out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
-        *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim,
+        *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_chunks,
         BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
     )  # fmt: skip
     return out
