@@ -1,0 +1,233 @@
+"""The tensor cores are used: every rung compiles, without a GPU, for each architecture it claims.
+
+For every rung of ``sage_fast.triton.RUNGS``, head_dim 64 and 128, causal or not, and every arch in
+sm80 / sm89 / sm90 at or above ``rung.min_arch``, the kernels the rung launches are compiled with
+``triton.compile(..., target=GPUTarget("cuda", arch, 32))`` (tests/compile_specs.py records the launches
+and builds them) and the generated code is held to what the rung's docstring promises:
+
+- it builds, and its shared memory fits what one block may use on that arch;
+- its matrix products are tensor-core instructions of the promised types: on sm90 ``wgmma`` with
+  s8·s8 for Q·Kᵀ (rungs 2-4), e4m3·e4m3 for P·V (rung 4), f16·f16 (rung 1 both, rungs 2-3 P·V);
+  on sm80/sm89 the same types in ``mma.sync``;
+- two-level accumulation (rungs 2-4): the reduced-precision P·V product of a key tile starts from a
+  zero accumulator and is added into the fp32 total afterwards. Triton's combine pass rewrites
+  ``d + dot(a, b, 0)`` into ``dot(a, b, d)`` when it can, which would put the running total through
+  the tensor core's reduced-precision accumulator: the TTGIR must show that did not happen;
+- an arch below ``min_arch`` is refused by the compiler (rung 4 on sm80 has no e4m3 type).
+
+Why a subprocess: conftest.py sets TRITON_INTERPRET=1 on a machine without CUDA before the kernels are
+imported, so ``@triton.jit`` has already made them interpreter functions (``triton.compile`` rejects
+them: no ``cache_key``), and sage_fast.triton has patched the interpreter. Toggling
+``triton.knobs.runtime.interpret`` afterwards cannot undo either. A fresh interpreter with
+TRITON_INTERPRET removed from its environment imports the kernels as the GPU would.
+Builds land in Triton's cache (~/.triton/cache), keyed on the kernel source, so a warm cache never hides
+an edit. About 60 distinct builds: cold 30-55 s on 2 cores, warm about 10 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pytest
+
+from sage_fast.triton import RUNGS
+
+from compile_specs import ARCHS, SMEM_LIMIT, case_id
+
+HERE = Path(__file__).parent
+
+HEAD_DIMS = (64, 128)
+
+
+def claimed(rung) -> list[int]:
+    return [arch for arch in ARCHS if arch >= rung.min_arch]
+
+
+CASES = [
+    {"rung": rung.name, "head_dim": head_dim, "is_causal": causal, "archs": claimed(rung)}
+    for rung in RUNGS
+    for head_dim in HEAD_DIMS
+    for causal in (False, True)
+] + [  # awkward sizes: no length divisible by 16, head_dim padded to the HEAD_DIM tile
+    {"rung": rung.name, "head_dim": 96, "is_causal": True, "seq": 77, "archs": claimed(rung)} for rung in RUNGS
+]
+# The highest arch below each rung's min_arch, once: it must not build.
+UNCLAIMED = [
+    {"rung": rung.name, "head_dim": 128, "is_causal": False, "archs": [max(a for a in ARCHS if a < rung.min_arch)]}
+    for rung in RUNGS
+    if any(a < rung.min_arch for a in ARCHS)
+]
+
+
+# Tensor-core instruction, as PTX spells its types (D accumulator, A, B): what each rung's two
+# products must compile to. ``mma.sync`` (sm80/sm89) also names C, equal to D here.
+@dataclass(frozen=True)
+class Product:
+    d: str
+    a: str
+
+    def pattern(self, arch: int) -> re.Pattern:
+        if arch >= 90:
+            return re.compile(rf"\bwgmma\.mma_async\.sync\.aligned\.m64n\d+k\d+\.{self.d}\.{self.a}\.{self.a}\b")
+        types = rf"{self.d}\.{self.a}\.{self.a}\.{self.d}"
+        return re.compile(rf"\bmma\.sync\.aligned\.m16n8k\d+\.row\.col(?:\.satfinite)?\.{types}\b")
+
+
+F16_F32 = Product("f32", "f16")  # fp16 in, fp32 accumulator
+S8_S32 = Product("s32", "s8")  # int8 in, int32 accumulator
+F16_F16 = Product("f16", "f16")  # fp16 in, fp16 accumulator (SageAttention v1's P·V)
+E4M3_F32 = Product("f32", "e4m3")  # fp8 e4m3 in, fp32 accumulator (reduced-precision inside the MMA)
+
+# rung -> (Q·Kᵀ, P·V, whether P·V must start from zero: the two-level accumulation)
+PRODUCTS = {
+    "1-flash-fp16": (F16_F32, F16_F32, False),
+    "2-int8-qk": (S8_S32, F16_F16, True),
+    "3-fused-quant": (S8_S32, F16_F16, True),
+    "4-fp8-pv": (S8_S32, E4M3_F32, True),
+}
+
+
+@dataclass
+class Build:
+    """One kernel launch of one case built for one arch (see compile_specs.build_one)."""
+
+    record: dict
+    out_dir: Path
+
+    @property
+    def error(self) -> str | None:
+        return self.record.get("error")
+
+    @cached_property
+    def ptx(self) -> str:
+        return (self.out_dir / f"{self.record['stem']}.ptx").read_text()
+
+    @cached_property
+    def ttgir(self) -> str:
+        return (self.out_dir / f"{self.record['stem']}.ttgir").read_text()
+
+    def __str__(self):
+        r = self.record
+        return f"{r['case']} sm{r['arch']} {r.get('kernel')} {r.get('constexprs', '')} {r.get('options', '')}"
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """{(case id, arch): [Build, ...]} for CASES and UNCLAIMED, built in one subprocess."""
+    out_dir = tmp_path_factory.mktemp("triton-builds")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "compile_specs.py"), str(out_dir)],
+        input=json.dumps(CASES + UNCLAIMED), env=env, cwd=HERE.parent, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"compile_specs.py failed:\n{proc.stderr[-5000:]}"
+    table = {}
+    for record in json.loads((out_dir / "index.json").read_text()):
+        assert record["arch"] is not None, f"{record['case']}: recording its launches failed:\n{record['error']}"
+        table.setdefault((record["case"], record["arch"]), []).append(Build(record, out_dir))
+    return table
+
+
+def claimed_builds():
+    return [
+        pytest.param(case, arch, id=f"{case_id(case)}-sm{arch}")
+        for case in CASES
+        for arch in case["archs"]
+    ]  # fmt: skip
+
+
+def attention_build(builds, case, arch) -> Build:
+    """The launch that multiplies matrices: the attention kernel (the others quantize)."""
+    launched = builds[case_id(case), arch]
+    for build in launched:
+        if build.error:
+            pytest.fail(f"{build} does not build:\n{build.error}", pytrace=False)
+    with_dots = [b for b in launched if re.search(r"\b(tt\.dot|ttng\.warp_group_dot) ", b.ttgir)]
+    if len(with_dots) != 1:
+        pytest.fail(f"expected one launch with matrix products, got {[str(b) for b in with_dots]}", pytrace=False)
+    return with_dots[0]
+
+
+def test_products_cover_the_ladder():
+    assert set(PRODUCTS) == {rung.name for rung in RUNGS}, "list the new rung's tensor-core products in PRODUCTS"
+
+
+@pytest.mark.parametrize("case, arch", claimed_builds())
+def test_builds_and_fits_shared_memory(builds, case, arch):
+    launched = builds[case_id(case), arch]
+    assert launched, "the rung launched no kernel"
+    for build in launched:
+        if build.error:
+            pytest.fail(f"{build} does not build:\n{build.error}", pytrace=False)
+        shared = build.record["shared"]
+        if shared > SMEM_LIMIT[arch]:
+            pytest.fail(f"{build} needs {shared} B of shared memory, sm{arch} allows {SMEM_LIMIT[arch]}")
+
+
+@pytest.mark.parametrize("case, arch", claimed_builds())
+def test_uses_tensor_cores(builds, case, arch):
+    build = attention_build(builds, case, arch)
+    qk, pv, _ = PRODUCTS[case["rung"]]
+    found = sorted(set(re.findall(r"\b(?:wgmma\.mma_async|mma\.sync)\.\S+?(?=[ \t])", build.ptx)))
+    for name, product in (("Q·Kᵀ", qk), ("P·V", pv)):
+        pattern = product.pattern(arch)
+        assert pattern.search(build.ptx), f"{build}: no {name} instruction matching {pattern.pattern}; found {found}"
+
+
+# A dot in TTGIR, e.g.
+#   %pv = ttng.warp_group_dot %a, %b, %cst_6 {inputPrecision = 0 : i32, ...} : tensor<128x64xf8E4M3FN, ...> * ...
+#   %pv = tt.dot %a, %b, %acc, inputPrecision = tf32 : tensor<128x64xf8E4M3FN, ...> * ...
+# operands: A, B, the accumulator C and, for warp_group_dot, an optional i1 useC.
+DOT = re.compile(
+    r"^\s*%\S+ = (?:tt\.dot|ttng\.warp_group_dot) (?P<operands>%[\w#.]+(?:, %[\w#.]+)*)(?P<rest>.*)$", re.M
+)
+A_ELEMENT = re.compile(r": (?:tensor|!ttg\.memdesc)<(?:\d+x)+(\w+)")
+
+
+def defining_line(ttgir: str, value: str) -> str:
+    match = re.search(rf"^\s*{re.escape(value.split('#')[0])}(?::\d+)? = .*$", ttgir, re.M)
+    return match.group(0).strip() if match else f"(no definition of {value})"
+
+
+def starts_from_zero(ttgir: str, operands: list[str]) -> bool:
+    """The dot's accumulator is a zero constant, or its useC flag is a false constant."""
+    zero = re.compile(r"= arith\.constant dense<(?:0|0\.000000e\+00)> ")
+    if zero.search(defining_line(ttgir, operands[2])):
+        return True
+    return len(operands) > 3 and "arith.constant false" in defining_line(ttgir, operands[3])
+
+
+# Triton 3.6's combine patterns (lib/Dialect/Triton/Transforms/Combine.td) fold `d + dot(a, b, 0)` when the
+# dot has one use and, for floats, maxNumImpreciseAcc == 0. Triton gives fp8 dots 2**30 on sm90 only, so
+# there it cannot fire; on sm89 (and for any fp32-accumulated dot) nothing in the compiler prevents it.
+@pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if PRODUCTS[p.values[0]["rung"]][2]])
+def test_pv_accumulates_in_two_levels(builds, case, arch):
+    build = attention_build(builds, case, arch)
+    pv_dots = [m for m in DOT.finditer(build.ttgir) if A_ELEMENT.search(m["rest"]).group(1) != "i8"]
+    assert len(pv_dots) == 1, f"{build}: expected one P·V dot (A not int8), found {[m.group(0) for m in pv_dots]}"
+    dot = pv_dots[0]
+    operands = [op.strip() for op in dot["operands"].split(",")]
+    if not starts_from_zero(build.ttgir, operands):
+        pytest.fail(
+            f"{build}: the P·V dot does not start from zero, so the running fp32 total goes through the "
+            f"tensor core's reduced-precision accumulation (Triton folded `acc * alpha + dot(p, v)` into "
+            f"`dot(p, v, acc * alpha)`):\n  {dot.group(0).strip()[:300]}\n"
+            f"  accumulator: {defining_line(build.ttgir, operands[2])[:300]}",
+            pytrace=False,
+        )
+
+
+@pytest.mark.parametrize("case", UNCLAIMED, ids=case_id)
+def test_refuses_arch_below_min_arch(builds, case):
+    (arch,) = case["archs"]
+    failures = [b for b in builds[case_id(case), arch] if b.error]
+    assert failures, f"{case['rung']} builds for sm{arch}: lower its min_arch or find why it should not"
+    reasons = [b.error[-300:] for b in failures]
+    assert any("fp8e4nv" in reason for reason in reasons), f"refused, but not for lack of e4m3: {reasons}"
