@@ -72,26 +72,29 @@ def implementations(causal):
     return impls
 
 
-def kernel_only(q, k, v, causal, v_fp8, block_m=None, block_n=None, num_warps=8, num_stages=3):
+def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
-    from sage_fast.triton import attn_int8, rung3_fused_quant as r3
+    from sage_fast.triton import attn_int8, rung3_fused_quant, rung4_fp8_pv
     from sage_fast.triton.launch import head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
-    block_m, block_n = block_m or r3.BLOCK_M, block_n or r3.BLOCK_N
+    tiles = tiles or (rung4_fp8_pv.TILES if v_fp8 else rung3_fused_quant.TILES)
+    block_m, block_n = tiles.block_m, tiles.block_n
     dp = head_dim_block(max(q.shape[-1], 32))
     kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
     q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=block_m, head_dim_padded=dp)
     vv = kv["v_fp8_t"] if v_fp8 else v
     return lambda: attn_int8.launch(
         q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
-        is_causal=causal, block_m=block_m, block_n=block_n, num_warps=num_warps, num_stages=num_stages,
+        is_causal=causal, block_m=block_m, block_n=block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
     )  # fmt: skip
 
 
 def sweep_tiles():
     """Kernel-only TOPS over tile shapes, warps and pipeline depth (tile = quantization block)."""
     from triton.testing import do_bench
+
+    from sage_fast.triton.launch import Tiles
 
     rows = []
     for head_dim, n, causal in ((128, 8192, False), (128, 8192, True), (64, 8192, False)):
@@ -103,7 +106,8 @@ def sweep_tiles():
                 (128, 128, 8, 3), (128, 128, 8, 2), (64, 128, 8, 3),
             ):  # fmt: skip
                 try:
-                    ms = do_bench(kernel_only(q, k, v, causal, v_fp8, bm, bn, warps, stages), warmup=25, rep=100)
+                    fn = kernel_only(q, k, v, causal, v_fp8, Tiles(bm, bn, warps, stages))
+                    ms = do_bench(fn, warmup=25, rep=100)
                 except Exception as exc:  # noqa: BLE001 - a config that does not fit is reported
                     print(f"hd{head_dim} causal={causal} fp8={v_fp8} {bm}x{bn} w{warps} s{stages}: {repr(exc)[:80]}")
                     continue

@@ -1,6 +1,7 @@
 """Host-side helpers shared by the rungs' launchers."""
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -28,3 +29,13 @@ def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
     if return_lse:
         return torch.full(q.shape[:3], float("nan"), dtype=torch.float32, device=q.device)
     return torch.empty(1, dtype=torch.float32, device=q.device)
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int

@@ -20,10 +20,12 @@ import torch.nn.functional as F
 import sage_ref
 
 from . import attn_int8
-from .launch import LOG2E, head_dim_block
+from .launch import LOG2E, Tiles, head_dim_block
 
-BLOCK_M = 128
-BLOCK_N = 64
+# Tile = quantization block. 128x64 with 4 warps was the fastest fp16-P·V shape in the H200 sweep
+# (docs/notes.md: 521 TOPS kernel-only at hd128, N=8k, against 411 for 8 warps).
+TILES = Tiles(block_m=128, block_n=64, num_warps=4, num_stages=3)
+BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
 def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
@@ -47,5 +49,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
         F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
         F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
         out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
-        shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        num_warps=TILES.num_warps, num_stages=TILES.num_stages, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip

@@ -11,31 +11,34 @@ Q and K (docs/benchmarks.md has the H100/H200 numbers).
 Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128, block_n=64)``.
 """
 
-from . import attn_int8
+from . import attn_int8, rung2_int8_qk
 from .launch import head_dim_block
 from .quant import quantize_kv, quantize_q
 
-BLOCK_M = 128
-BLOCK_N = 64
+TILES = rung2_int8_qk.TILES  # the same kernel as rung 2: only where the quantization runs changed
+BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
-def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8, attn_mask=None):
+def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8, tiles, attn_mask=None):
     """The fused pipeline shared by rungs 3 and 4: quantize K (and V), then Q, then attend.
 
-    attn_mask: None, or bool (True = attend) / natural-log additive bias broadcastable to [B,H,Nq,Nkv].
+    tiles: the kernel's :class:`~sage_fast.triton.launch.Tiles`, whose blocks are also the
+    quantization blocks. attn_mask: None, or bool (True = attend) / natural-log additive bias
+    broadcastable to [B,H,Nq,Nkv].
     """
     head_dim = q.shape[-1]
     head_dim_padded = head_dim_block(max(head_dim, 32))
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
-    kv = quantize_kv(k, v, block_n=BLOCK_N, head_dim_padded=head_dim_padded, smooth_k=smooth_k, v_fp8=v_fp8)
+    kv = quantize_kv(k, v, block_n=tiles.block_n, head_dim_padded=head_dim_padded, smooth_k=smooth_k, v_fp8=v_fp8)
     q_int8, q_scale, shift = quantize_q(
-        q, sm_scale=scale, block_m=BLOCK_M, head_dim_padded=head_dim_padded,
+        q, sm_scale=scale, block_m=tiles.block_m, head_dim_padded=head_dim_padded,
         k_mean=kv["k_mean"] if (smooth_k and return_lse) else None, kv_heads=k.shape[1],
     )  # fmt: skip
     return attn_int8.launch(
         q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
         v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
-        block_m=BLOCK_M, block_n=BLOCK_N, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        block_m=tiles.block_m, block_n=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip
 
 
@@ -46,5 +49,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
     """
     return quantized_forward(
         q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
-        return_lse=return_lse, v_fp8=False,
+        return_lse=return_lse, v_fp8=False, tiles=TILES,
     )  # fmt: skip

@@ -13,9 +13,14 @@ alone gives rel L1 ≈ 0.037 on Gaussian inputs.
 Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp8", block_m=128, block_n=64)``.
 """
 
-from .rung3_fused_quant import BLOCK_M, BLOCK_N, quantized_forward
+from .launch import Tiles
+from .rung3_fused_quant import quantized_forward
 
-__all__ = ["BLOCK_M", "BLOCK_N", "forward"]
+# Tile = quantization block. With 8-bit V a 128-key tile feeds the fp8 wgmma its full K; 64x128 with
+# 4 warps was the fastest fp8-P·V shape in the H200 sweep (docs/notes.md: 654 TOPS kernel-only at
+# hd128, N=8k, against 506 for rung 3's 128x64 with 8 warps).
+TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=3)
+BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
 def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
@@ -25,5 +30,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
     """
     return quantized_forward(
         q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
-        return_lse=return_lse, v_fp8=True,
+        return_lse=return_lse, v_fp8=True, tiles=TILES,
     )  # fmt: skip
