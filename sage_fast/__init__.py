@@ -1,0 +1,9 @@
+"""sage_fast: SageAttention kernels (Triton) behind a PyTorch API.
+
+:func:`sageattn` is the full-featured entry point; :func:`scaled_dot_product_attention` is a
+drop-in for ``torch.nn.functional.scaled_dot_product_attention`` with torch's semantics.
+"""
+
+from .api import sageattn, scaled_dot_product_attention
+
+__all__ = ["sageattn", "scaled_dot_product_attention"]
