@@ -29,9 +29,9 @@ from .common import bias_base2, finish, key_range, softmax_step, visible
 from .launch import attention_grid, lse_buffer, strides
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: natural-log lse = base-2 lse · ln 2
-NO_BIAS: tl.constexpr = 0
-ROW_BIAS: tl.constexpr = 1  # the bias is one row of keys, shared by every query (key padding)
-FULL_BIAS: tl.constexpr = 2
+NO_BIAS = tl.constexpr(0)
+ROW_BIAS = tl.constexpr(1)  # the bias is one row of keys, shared by every query (key padding)
+FULL_BIAS = tl.constexpr(2)
 
 
 @triton.jit
@@ -92,7 +92,10 @@ def sage_attn_kernel(
         else:
             v = tl.load(v_ptrs + start_n * sv_n, mask=(keys[:, None] < kv_len) & (offs_d[None, :] < head_dim), other=0.0)
             pv = tl.dot(p.to(tl.float16), v.to(tl.float16), out_dtype=tl.float16).to(tl.float32)
-        acc = acc * alpha[:, None] + pv
+        # One fma, not `acc * alpha + pv`: Triton folds `x + dot(a, b, 0)` into `dot(a, b, x)`
+        # where it may (sm89's fp8 dot), which would feed the running total through fp8's
+        # reduced-precision MMA accumulator and undo the two-level accumulation.
+        acc = tl.fma(acc, alpha[:, None], pv)
 
     out, lse2 = finish(acc, m_i, l_i)
     if PV_FP8:

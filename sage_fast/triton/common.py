@@ -7,8 +7,8 @@ NHD and any strided view are read in place, without a copy.
 import triton
 import triton.language as tl
 
-LOG2E: tl.constexpr = 1.4426950408889634
-FP32_MAX: tl.constexpr = 3.4028234663852886e38
+LOG2E = tl.constexpr(1.4426950408889634)
+FP32_MAX = tl.constexpr(3.4028234663852886e38)
 
 
 @triton.jit

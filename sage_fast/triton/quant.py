@@ -121,7 +121,7 @@ def quantize_kv_kernel(
     sk_b, sk_h, sk_n, sk_d,
     sv_b, sv_h, sv_n, sv_d,
     kv_heads, kv_len, kv_len_float, kv_len_padded, head_dim, n_chunks,
-    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr, V_FP8: tl.constexpr,
 ):  # fmt: skip
     """Per (tile of BLOCK_N keys, batch·kv head): K̂ and k_scale (program_id(2) == 0) or
     e4m3(V / v_scale) transposed (program_id(2) == 1), from the chunk statistics."""
@@ -147,7 +147,7 @@ def quantize_kv_kernel(
         codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
         tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
         tl.store(KScale + bh64 * tl.num_programs(0) + blk, scale)
-    else:
+    elif V_FP8:  # a constexpr, so fp16-P·V builds carry no e4m3 code (sm80 has no e4m3 type)
         v_scale = tl.math.div_rn(reduce_chunks(VAmax, bh, n_chunks, HEAD_DIM, True), 448.0)
         if blk == 0:
             tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
@@ -155,8 +155,8 @@ def quantize_kv_kernel(
             V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
             mask=row_ok[:, None] & d_ok[None, :], other=0.0,
         ).to(tl.float32)
-        codes = tl.math.div_rn(v, tl.where(v_scale == 0.0, 1.0, v_scale)[None, :]).to(tl.float8e4nv)
-        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], codes)
+        v_codes = tl.math.div_rn(v, tl.where(v_scale == 0.0, 1.0, v_scale)[None, :]).to(tl.float8e4nv)
+        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], v_codes)
 
 
 def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1):
@@ -213,6 +213,6 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
         k, v, stats[0], stats[-1], out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
         out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
         *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_chunks,
-        BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
+        BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8,
     )  # fmt: skip
     return out
