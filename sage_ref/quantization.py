@@ -1,7 +1,7 @@
 """SageAttention's quantizers, written the way the kernels compute them.
 
-INT8 (Q and K):  scale = max|x| / 127 over a group of tokens,  code = round(x / scale),
-rounded half away from zero (``trunc(x/scale ± 0.5)``, what a GPU's truncating
+INT8 (Q and K):  scale = max|x| / 127 over a group of tokens,
+code = round(x · (127 / max|x|)), rounded half away from zero (``trunc(x/scale ± 0.5)``, what a GPU's truncating
 float->int conversion gives after adding ±0.5). Codes lie in [-127, 127] and
 |x - code · scale| <= scale / 2. An all-zero group gets scale 0 and codes 0: no
 division by zero.
@@ -62,10 +62,14 @@ def token_groups(n: int, granularity: str, block_size: int, warps: int = 4, devi
         return t
     if granularity == "block":
         return t // block_size
+    # Warps split each tile on their own, so a group never spans two tiles, even when
+    # block_size is not a multiple of warps (the remainder rows form one more slice).
     warp_rows = max(block_size // warps, 1)
+    tile, row = t // block_size, t % block_size
+    warp = tile * -(-block_size // warp_rows) + row // warp_rows
     if granularity == "warp":
-        return t // warp_rows
-    return (t // warp_rows) * MMA_ROW_GROUP + t % warp_rows % MMA_ROW_GROUP
+        return warp
+    return warp * MMA_ROW_GROUP + row % warp_rows % MMA_ROW_GROUP
 
 
 @dataclass(frozen=True)
@@ -94,41 +98,49 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.trunc(x + torch.where(x >= 0, 0.5, -0.5))
 
 
+def reciprocal_scale(amax: torch.Tensor, target_max: float) -> torch.Tensor:
+    """target_max / amax, and 0 where amax is 0 (an all-zero group quantizes to 0, no division by zero).
+
+    Kernels divide once per group and multiply every element: an IEEE division per element
+    costs about twenty instructions, which made quantization a third of a short call's time.
+    """
+    # A tensor numerator: ``float / tensor`` is computed as reciprocal · float in PyTorch, off by ulps.
+    return torch.where(amax == 0, 0.0, torch.full_like(amax, target_max) / amax)
+
+
 def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int = 64, warps: int = 4) -> Int8Quantized:
     """Symmetric INT8 quantization of x [B, H, N, D] with one scale per token group.
 
-    scale_g = max_{t in g} |x_t| / 127 (fp32);  code_t = round(x_t / scale_g).
-    A group whose scale is 0 divides by 1 instead (its codes are all 0). A NaN in a
-    group makes its scale NaN, so NaN survives dequantization.
+    scale_g = max_{t in g} |x_t| / 127 (fp32);  code_t = round(x_t · (127 / max_{t in g} |x_t|)).
+    A group whose scale is 0 gets codes 0. A NaN in a group makes its scale NaN, so NaN
+    survives dequantization.
     """
     x = x.to(torch.float32)
     b, h, n, _ = x.shape
     group = token_groups(n, granularity, block_size, warps, device=x.device)
     token_amax = x.abs().amax(dim=-1)
     if granularity == "tensor":
-        scale = token_amax.amax().reshape(1, 1, 1) / INT8_MAX
+        amax = token_amax.amax().reshape(1, 1, 1)
     else:
         n_groups = int(group.max()) + 1
         index = group.expand(b, h, n)
-        scale = torch.zeros(b, h, n_groups, device=x.device).scatter_reduce(-1, index, token_amax, "amax")
+        amax = torch.zeros(b, h, n_groups, device=x.device).scatter_reduce(-1, index, token_amax, "amax")
         # scatter's amax may drop NaN; add 0 · x so a NaN (or inf) token poisons its group.
-        scale = (scale + torch.zeros_like(scale).scatter_add(-1, index, token_amax * 0)) / INT8_MAX
-    token_scale = scale[..., group].expand(b, h, n)
-    safe = torch.where(token_scale == 0, 1.0, token_scale)
-    codes = round_half_away(x / safe[..., None]).to(torch.int8)
-    return Int8Quantized(codes, scale, group)
+        amax = amax + torch.zeros_like(amax).scatter_add(-1, index, token_amax * 0)
+    inv_scale = reciprocal_scale(amax, INT8_MAX)[..., group].expand(b, h, n)
+    codes = round_half_away(x * inv_scale[..., None]).to(torch.int8)
+    return Int8Quantized(codes, amax / INT8_MAX, group)
 
 
 def quantize_per_channel(v: torch.Tensor, target_max: float) -> tuple[torch.Tensor, torch.Tensor]:
     """v / scale with scale = max_tokens |v| / target_max per (batch, head, channel).
 
-    v [B, H, N, D] -> (v / scale in fp32 [B, H, N, D], scale [B, H, 1, D]). A zero channel
-    divides by 1. NaN in a channel propagates through the scale.
+    v [B, H, N, D] -> (v · (target_max / max|v|) in fp32 [B, H, N, D], scale [B, H, 1, D]).
+    A zero channel stays 0. NaN in a channel propagates through the scale.
     """
     v = v.to(torch.float32)
-    scale = v.abs().amax(dim=-2, keepdim=True)
-    scale = (scale + v.sum(dim=-2, keepdim=True) * 0) / target_max
-    return v / torch.where(scale == 0, 1.0, scale), scale
+    amax = v.abs().amax(dim=-2, keepdim=True) + v.sum(dim=-2, keepdim=True) * 0
+    return v * reciprocal_scale(amax, target_max), amax / target_max
 
 
 def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,15 +1,16 @@
 """Fused smoothing + quantization kernels (rungs 3 and 4): one launch per tensor, no host-side passes.
 
 Q: one program per (tile of BLOCK_M rows, batch·head) reads the tile once and writes
-    Q̂ = round(Q · sm_scale · log2 e / q_scale),  q_scale = max|Q · sm_scale · log2 e| / 127,
+    Q̂ = round(Q' · 127 / max|Q'|),  q_scale = max|Q'| / 127,  Q' = Q · sm_scale · log2 e,
     and, for the log-sum-exp, shift = sm_scale · Q · k_mean (the logit shift smoothing removed).
 K: one program per (batch, kv head) sums K over tokens (k_mean), then walks the tiles of
     BLOCK_N keys again writing K̂ = round((K - k_mean) / k_scale) per tile.
 V (fp8 P·V): one program per (batch, kv head) finds max_n |V| per channel, then writes
     e4m3(V / v_scale) transposed to [D, N] (keys contiguous, what an 8-bit wgmma needs
     for its B operand), zero-padded to whole BLOCK_N tiles.
-Rounding is round-half-away-from-zero via trunc(x ± 0.5) and division is IEEE
-(``div_rn``), exactly as ``sage_ref.quantization`` computes it.
+Rounding is round-half-away-from-zero via trunc(x ± 0.5); each tile or channel divides once
+(IEEE ``div_rn``) and multiplies its elements by 127 / max|x| (448 / max|v|), exactly as
+``sage_ref.quantization`` computes it.
 """
 
 import torch
@@ -24,8 +25,10 @@ from .launch import LOG2E, strides
 def quantize_tile(x, row_ok):
     """INT8 codes and the scale max|x|/127 of a tile x [ROWS, HEAD_DIM] (rows outside ``row_ok`` ignored)."""
     x = tl.where(row_ok[:, None], x, 0.0)
-    scale = tl.math.div_rn(nan_poisoned(tl.max(tl.max(tl.abs(x), 1), 0), tl.sum(tl.sum(x * 0.0, 1), 0)), 127.0)
-    xs = tl.math.div_rn(x, tl.where(scale == 0.0, 1.0, scale))
+    amax = nan_poisoned(tl.max(tl.max(tl.abs(x), 1), 0), tl.sum(tl.sum(x * 0.0, 1), 0))
+    scale = tl.math.div_rn(amax, 127.0)
+    # One division per tile, a multiply per element (an IEEE division per element is ~20 instructions).
+    xs = x * tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, amax))
     codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)
     return codes, scale
 
@@ -148,14 +151,15 @@ def quantize_kv_kernel(
         tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
         tl.store(KScale + bh64 * tl.num_programs(0) + blk, scale)
     elif V_FP8:  # a constexpr, so fp16-P·V builds carry no e4m3 code (sm80 has no e4m3 type)
-        v_scale = tl.math.div_rn(reduce_chunks(VAmax, bh, n_chunks, HEAD_DIM, True), 448.0)
+        v_amax = reduce_chunks(VAmax, bh, n_chunks, HEAD_DIM, True)
+        v_scale = tl.math.div_rn(v_amax, 448.0)
         if blk == 0:
             tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
         v = tl.load(
             V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
             mask=row_ok[:, None] & d_ok[None, :], other=0.0,
         ).to(tl.float32)
-        v_codes = tl.math.div_rn(v, tl.where(v_scale == 0.0, 1.0, v_scale)[None, :]).to(tl.float8e4nv)
+        v_codes = (v * tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, v_amax))[None, :]).to(tl.float8e4nv)
         tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], v_codes)
 
 
