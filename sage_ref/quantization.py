@@ -46,9 +46,11 @@ def smooth_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     key of a row; but the channel bias that K shares across tokens, which would
     dominate its quantization scale, is gone.
     """
-    kc = k.to(torch.float64 if k.dtype == torch.float64 else torch.float32)
-    k_mean = kc.mean(dim=-2, keepdim=True)
-    return kc - k_mean, k_mean
+    dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
+    # Summed in fp64 and rounded once: the fp32 mean does not depend on the summation order, so a
+    # kernel that sums in another order gets the same mean, and the same INT8 codes.
+    k_mean = k.to(torch.float64).mean(dim=-2, keepdim=True).to(dtype)
+    return k.to(dtype) - k_mean, k_mean
 
 
 def token_groups(n: int, granularity: str, block_size: int, warps: int = 4, device=None) -> torch.Tensor:

@@ -2,14 +2,17 @@
 
 Per program: a tile of BLOCK_M query rows of one (batch, head); per key tile of BLOCK_N keys
 
-    S   = (Q̂ K̂ᵀ on the int8 tensor cores, int32) · (q_scale · k_scale)   # one multiply per tile
+    S   = (Q̂ K̂ᵀ on the int8 tensor cores, int32) · (q_scale · k_scale)   # one scalar per tile
         + bias · log2 e                        # attention mask, if any (natural-log units)
     P   = exp2(S - m_new)                      # log2 e is already inside q_scale
     PV  = fp16(P) · fp16(V), fp16 accumulator   (PV_FP8=False, SageAttention v1)
         = e4m3(448 P) · e4m3(V / v_scale), fp32  (PV_FP8=True, SageAttention2)
     acc = alpha · acc + PV                     # fp32 across tiles: the second accumulation level
 
-and at the end out = acc / l (· v_scale / 448 for fp8), lse = (m + log2 l) · ln 2 + shift.
+and at the end out = acc / l (· v_scale for fp8), lse = (m + log2 l) · ln 2 + shift.
+For fp8, 448 P comes straight out of exp2 (log2 448 is added to the exponent) and l sums
+448 P, so neither P nor the output needs a separate multiply by 448. On tiles every row sees
+in full, S · scale - m is one FMA feeding exp2.
 The fp8 block product is a separate dot from a zero accumulator, added into acc in fp32,
 so fp8's reduced-precision tensor-core accumulation never sees the running total.
 
@@ -25,13 +28,65 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import bias_base2, finish, key_range, softmax_step, visible
+from .common import bias_base2, finish, key_range, softmax_step, softmax_step_int, unmasked_range, visible
 from .launch import attention_grid, lse_buffer, strides
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: natural-log lse = base-2 lse · ln 2
+LOG2_448 = tl.constexpr(8.807354922057604)  # log2 448: exp2(x + log2 448) = 448 · exp2(x), e4m3's range
 NO_BIAS = tl.constexpr(0)
 ROW_BIAS = tl.constexpr(1)  # the bias is one row of keys, shared by every query (key padding)
 FULL_BIAS = tl.constexpr(2)
+
+
+@triton.jit
+def attend(
+    acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, lo, hi,
+    offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
+    BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, PV_FP8: tl.constexpr,
+    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
+    """Key tiles [lo, hi) of one query tile: scores, online softmax, P·V. Returns (acc, m_i, l_i).
+
+    MASKED=False is the hot loop over tiles every row sees in full: no bounds checks, no -inf
+    fill, the dequantization folded into the exponent's FMA (when no attention mask is given).
+    For fp8, P comes out of exp2 already scaled into [0, 448] (log2 448 added to the exponent).
+    """
+    P_LOG2: tl.constexpr = LOG2_448 if PV_FP8 else 0.0
+    for start_n in range(lo, hi, BLOCK_N):
+        keys = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
+        else:
+            k = tl.load(k_ptrs + start_n * HEAD_DIM)
+        scale = q_scale * tl.load(k_scale_ptr + start_n // BLOCK_N)
+        s_int = tl.dot(q, k)
+        if MASKED or BIAS != NO_BIAS:
+            s = s_int.to(tl.float32) * scale
+            if BIAS == ROW_BIAS:
+                bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)
+                s += bias_base2(bias, BIAS_BOOL)[None, :]
+            elif BIAS == FULL_BIAS:
+                bias_ok = (offs_m[:, None] < q_len) & (keys[None, :] < kv_len)
+                bias = tl.load(bias_ptrs + keys[None, :] * sb_n, mask=bias_ok, other=0)
+                s += bias_base2(bias, BIAS_BOOL)
+            if MASKED:
+                s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
+            p, alpha, m_i, l_i = softmax_step(s, m_i, l_i, P_LOG2)
+        else:
+            p, alpha, m_i, l_i = softmax_step_int(s_int, scale, m_i, l_i, P_LOG2)
+        if PV_FP8:
+            pv = tl.dot(p.to(tl.float8e4nv), tl.load(v_ptrs + start_n))
+        else:
+            v_ok = offs_d[None, :] < head_dim
+            if MASKED:
+                v_ok = v_ok & (keys[:, None] < kv_len)
+            v = tl.load(v_ptrs + start_n * sv_n, mask=v_ok, other=0.0)
+            pv = tl.dot(p.to(tl.float16), v.to(tl.float16), out_dtype=tl.float16).to(tl.float32)
+        # One fma, not `acc * alpha + pv`: Triton folds `x + dot(a, b, 0)` into `dot(a, b, x)`
+        # where it may (sm89's fp8 dot), which would feed the running total through fp8's
+        # reduced-precision MMA accumulator and undo the two-level accumulation.
+        acc = tl.fma(acc, alpha[:, None], pv)
+    return acc, m_i, l_i
 
 
 @triton.jit
@@ -71,35 +126,25 @@ def sage_attn_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    # Tiles every row sees in full run without masks; the causal diagonal and the kv tail, with.
+    mid = unmasked_range(start_m, q_len, kv_len, BLOCK_N, IS_CAUSAL)
     hi = key_range(start_m, q_len, kv_len, BLOCK_M, IS_CAUSAL)
-    for start_n in range(0, hi, BLOCK_N):
-        keys = start_n + offs_n
-        k = tl.load(k_ptrs + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
-        k_scale = tl.load(k_scale_ptr + start_n // BLOCK_N)
-        s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)
-        if BIAS == ROW_BIAS:
-            bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)
-            s += bias_base2(bias, BIAS_BOOL)[None, :]
-        elif BIAS == FULL_BIAS:
-            bias_ok = (offs_m[:, None] < q_len) & (keys[None, :] < kv_len)
-            bias = tl.load(bias_ptrs + keys[None, :] * sb_n, mask=bias_ok, other=0)
-            s += bias_base2(bias, BIAS_BOOL)
-        s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
-        p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
-        if PV_FP8:
-            v = tl.load(v_ptrs + start_n)
-            pv = tl.dot((p * 448.0).to(tl.float8e4nv), v)
-        else:
-            v = tl.load(v_ptrs + start_n * sv_n, mask=(keys[:, None] < kv_len) & (offs_d[None, :] < head_dim), other=0.0)
-            pv = tl.dot(p.to(tl.float16), v.to(tl.float16), out_dtype=tl.float16).to(tl.float32)
-        # One fma, not `acc * alpha + pv`: Triton folds `x + dot(a, b, 0)` into `dot(a, b, x)`
-        # where it may (sm89's fp8 dot), which would feed the running total through fp8's
-        # reduced-precision MMA accumulator and undo the two-level accumulation.
-        acc = tl.fma(acc, alpha[:, None], pv)
+    acc, m_i, l_i = attend(
+        acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, 0, mid,
+        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
+        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, False,
+    )  # fmt: skip
+    acc, m_i, l_i = attend(
+        acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, mid, hi,
+        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
+        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, True,
+    )  # fmt: skip
 
-    out, lse2 = finish(acc, m_i, l_i)
     if PV_FP8:
-        out = out * tl.math.div_rn(tl.load(VScale + kv_bh * HEAD_DIM + offs_d), 448.0)[None, :]
+        out, lse2 = finish(acc, m_i, l_i, LOG2_448)
+        out = out * tl.load(VScale + kv_bh * HEAD_DIM + offs_d)[None, :]
+    else:
+        out, lse2 = finish(acc, m_i, l_i, 0.0)
     m_ok = offs_m < q_len
     tl.store(
         Out + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :] * so_d,

@@ -27,6 +27,19 @@ def key_range(start_m, q_len, kv_len, BLOCK_M: tl.constexpr, IS_CAUSAL: tl.const
 
 
 @triton.jit
+def unmasked_range(start_m, q_len, kv_len, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr):
+    """The keys [0, mid) every row of the tile sees, in whole BLOCK_N tiles: no mask needed there.
+
+    Past mid only the causal diagonal and the kv_len tail remain, a tile or two per row tile.
+    """
+    mid = kv_len // BLOCK_N * BLOCK_N
+    if IS_CAUSAL:
+        # The tile's first row sees keys <= start_m + kv_len - q_len.
+        mid = tl.minimum(mid, tl.maximum(start_m + kv_len - q_len + 1, 0) // BLOCK_N * BLOCK_N)
+    return mid
+
+
+@triton.jit
 def visible(offs_m, offs_n, q_len, kv_len, IS_CAUSAL: tl.constexpr):
     """[BLOCK_M, BLOCK_N] mask of the scores that exist: keys past kv_len and, if causal, future keys are out."""
     mask = offs_n[None, :] < kv_len
@@ -36,27 +49,44 @@ def visible(offs_m, offs_n, q_len, kv_len, IS_CAUSAL: tl.constexpr):
 
 
 @triton.jit
-def softmax_step(s, m_i, l_i):
+def softmax_step(s, m_i, l_i, P_LOG2: tl.constexpr):
     """One online-softmax step on base-2 logits s [BLOCK_M, BLOCK_N] (masked entries = -inf).
 
-    Returns (p, alpha, m_new, l_new): p = exp2(s - m_new), alpha = exp2(m_i - m_new)
-    rescales what was accumulated, l_new = alpha · l_i + rowsum(p). A row with no
-    visible key yet keeps m = -inf; subtracting 0 instead keeps NaN out of it.
+    Returns (p, alpha, m_new, l_new): p = exp2(s - m_new + P_LOG2) = 2^P_LOG2 · softmax
+    numerator (P_LOG2 = log2 448 puts fp8's P straight into [0, 448]; 0 otherwise),
+    alpha = exp2(m_i - m_new) rescales what was accumulated, l_new = alpha · l_i + rowsum(p).
+    A row with no visible key yet keeps m = -inf; subtracting 0 instead keeps NaN out of it.
     """
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.math.exp2(m_i - m_safe)
-    p = tl.math.exp2(s - m_safe[:, None])
+    p = tl.math.exp2(s - (m_safe - P_LOG2)[:, None])
     l_new = l_i * alpha + tl.sum(p, 1)
     return p, alpha, m_new, l_new
 
 
 @triton.jit
-def finish(acc, m_i, l_i):
-    """out = acc / l (0 for a row that saw no key) and its base-2 log-sum-exp m + log2 l (-inf there)."""
+def softmax_step_int(s_int, scale, m_i, l_i, P_LOG2: tl.constexpr):
+    """:func:`softmax_step` for an unmasked tile of int32 scores s_int with logits s_int · scale.
+
+    scale = q_scale · k_scale >= 0, so rowmax(s_int · scale) = rowmax(s_int) · scale exactly,
+    and p = exp2(s_int · scale - m_new + P_LOG2) is one FMA and one exp2 per score: no
+    separate multiply, no mask, no guard (every row sees every key of the tile, so m is finite).
+    """
+    s = s_int.to(tl.float32)
+    m_new = tl.maximum(m_i, tl.max(s, 1) * scale)
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(tl.fma(s, scale, -(m_new - P_LOG2)[:, None]))
+    l_new = l_i * alpha + tl.sum(p, 1)
+    return p, alpha, m_new, l_new
+
+
+@triton.jit
+def finish(acc, m_i, l_i, P_LOG2: tl.constexpr):
+    """out = acc / l (0 for a row that saw no key) and its base-2 log-sum-exp m + log2 l - P_LOG2 (-inf there)."""
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe))
+    lse2 = tl.where(l_i == 0.0, float("-inf"), m_i + tl.math.log2(l_safe) - P_LOG2)
     return out, lse2
 
 

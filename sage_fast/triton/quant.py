@@ -28,7 +28,7 @@ def quantize_tile(x, row_ok):
     amax = nan_poisoned(tl.max(tl.max(tl.abs(x), 1), 0), tl.sum(tl.sum(x * 0.0, 1), 0))
     scale = tl.math.div_rn(amax, 127.0)
     # One division per tile, a multiply per element (an IEEE division per element is ~20 instructions).
-    xs = x * tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, amax))
+    xs = x * tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, tl.where(amax == 0.0, 1.0, amax)))
     codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)
     return codes, scale
 
@@ -79,14 +79,15 @@ def kv_stats_kernel(
     d_ok = offs_d < head_dim
     out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
     if tl.program_id(2) == 0:
-        total = tl.zeros([HEAD_DIM], tl.float32)
+        # fp64, so the mean rounds to the same fp32 value as sage_ref's whatever the summation order.
+        total = tl.zeros([HEAD_DIM], tl.float64)
         for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
             rows = start + offs_n
             k = tl.load(
                 K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
                 mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
             ).to(tl.float32)
-            total += tl.sum(k, 0)
+            total += tl.sum(k.to(tl.float64), 0)
         tl.store(KSum + out, total)
     else:
         amax = tl.zeros([HEAD_DIM], tl.float32)
@@ -103,19 +104,26 @@ def kv_stats_kernel(
 
 
 @triton.jit
-def reduce_chunks(Partials, bh, n_chunks, HEAD_DIM: tl.constexpr, MAX: tl.constexpr):
-    """Combine a (batch, kv head)'s chunk partials [n_chunks, HEAD_DIM]: their sum, or their NaN-poisoned max."""
+def sum_chunks(KSum, bh, n_chunks, HEAD_DIM: tl.constexpr):
+    """Σ of a (batch, kv head)'s fp64 chunk sums [n_chunks, HEAD_DIM]."""
     offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.zeros([HEAD_DIM], tl.float32)
+    total = tl.zeros([HEAD_DIM], tl.float64)
+    for c in range(0, n_chunks):
+        total += tl.load(KSum + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
+    return total
+
+
+@triton.jit
+def max_chunks(VAmax, bh, n_chunks, HEAD_DIM: tl.constexpr):
+    """NaN-poisoned max of a (batch, kv head)'s chunk maxima [n_chunks, HEAD_DIM]."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    amax = tl.zeros([HEAD_DIM], tl.float32)
     poison = tl.zeros([HEAD_DIM], tl.float32)
     for c in range(0, n_chunks):
-        x = tl.load(Partials + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
-        if MAX:
-            acc = tl.maximum(acc, x)
-            poison += x * 0.0
-        else:
-            acc += x
-    return nan_poisoned(acc, poison)
+        x = tl.load(VAmax + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
+        amax = tl.maximum(amax, x)
+        poison += x * 0.0
+    return nan_poisoned(amax, poison)
 
 
 @triton.jit
@@ -144,14 +152,14 @@ def quantize_kv_kernel(
         ).to(tl.float32)
         k_mean = tl.zeros([HEAD_DIM], tl.float32)
         if SMOOTH_K:
-            k_mean = tl.math.div_rn(reduce_chunks(KSum, bh, n_chunks, HEAD_DIM, False), kv_len_float)
+            k_mean = (sum_chunks(KSum, bh, n_chunks, HEAD_DIM) / kv_len_float).to(tl.float32)
             if blk == 0:
                 tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
         codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
         tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
         tl.store(KScale + bh64 * tl.num_programs(0) + blk, scale)
     elif V_FP8:  # a constexpr, so fp16-P·V builds carry no e4m3 code (sm80 has no e4m3 type)
-        v_amax = reduce_chunks(VAmax, bh, n_chunks, HEAD_DIM, True)
+        v_amax = max_chunks(VAmax, bh, n_chunks, HEAD_DIM)
         v_scale = tl.math.div_rn(v_amax, 448.0)
         if blk == 0:
             tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
@@ -159,7 +167,8 @@ def quantize_kv_kernel(
             V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
             mask=row_ok[:, None] & d_ok[None, :], other=0.0,
         ).to(tl.float32)
-        v_codes = (v * tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, v_amax))[None, :]).to(tl.float8e4nv)
+        inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
+        v_codes = (v * inv[None, :]).to(tl.float8e4nv)
         tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], v_codes)
 
 
@@ -205,16 +214,17 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
     if v_fp8:
         out["v_fp8_t"] = torch.empty(batch, kv_heads, head_dim_padded, kv_len_padded, dtype=torch.float8_e4m3fn, device=dev)
         out["v_scale"] = torch.empty(batch, kv_heads, head_dim_padded, dtype=torch.float32, device=dev)
-    stats = torch.empty(parts, batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float32, device=dev)
+    k_sums = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float64, device=dev)
+    v_amax = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float32, device=dev)
     placeholder = out["k_scale"]
     if smooth_k or v_fp8:
         # Without smoothing the K statistics are not needed, but the launch still covers V.
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
-            k, v, stats[0], stats[-1], *strides(k), *strides(v), kv_heads, kv_len, head_dim,
+            k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
             CHUNK=STATS_CHUNK, BLOCK_N=64, HEAD_DIM=head_dim_padded,
         )  # fmt: skip
     quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
-        k, v, stats[0], stats[-1], out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
+        k, v, k_sums, v_amax, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
         out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
         *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_chunks,
         BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8,

@@ -61,11 +61,11 @@ def flash_fwd_kernel(
         k = tl.load(k_ptrs + start_n * sk_n, mask=(keys[None, :] < kv_len) & d_ok[:, None], other=0.0)
         s = tl.dot(q, k) * qk_scale
         s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
-        p, alpha, m_i, l_i = softmax_step(s, m_i, l_i)
+        p, alpha, m_i, l_i = softmax_step(s, m_i, l_i, 0.0)
         v = tl.load(v_ptrs + start_n * sv_n, mask=(keys[:, None] < kv_len) & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
 
-    out, lse2 = finish(acc, m_i, l_i)
+    out, lse2 = finish(acc, m_i, l_i, 0.0)
     m_ok = offs_m < q_len
     tl.store(
         Out + b * so_b + h * so_h + offs_m[:, None] * so_n + offs_d[None, :] * so_d,
