@@ -160,6 +160,51 @@ def run_gpu(quick):
     return rows
 
 
+def quant_breakdown():
+    """Where the whole call's time goes: each launch of the fp8 pipeline, timed alone (N = 1k and 8k, hd128)."""
+    from triton.testing import do_bench
+
+    from sage_fast.triton import rung4_fp8_pv as r4
+    from sage_fast.triton.launch import head_dim_block
+    from sage_fast.triton.quant import quantize_kv, quantize_q
+
+    rows = []
+    for n in (1024, 8192):
+        batch, heads, head_dim = 16384 // n, 32, 128
+        q, k, v = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.float16) for _ in range(3))
+        dp = head_dim_block(head_dim)
+        parts = {
+            "quantize_kv": lambda: quantize_kv(k, v, block_n=r4.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=True),
+            "quantize_q": lambda: quantize_q(q, sm_scale=head_dim**-0.5, block_m=r4.BLOCK_M, head_dim_padded=dp),
+            "attention kernel": kernel_only(q, k, v, False, v_fp8=True),
+            "rung 4 whole call": lambda: r4.forward(q, k, v),
+            "copy of q, k and v": lambda: (q.clone(), k.clone(), v.clone()),
+        }
+        for name, fn in parts.items():
+            ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
+            rows.append(dict(n=n, part=name, ms=ms))
+            print(f"N={n:5d} {name:20s} {ms * 1e3:8.1f} us")
+    return rows
+
+
+def accuracy_vs_fp64():
+    """cos / rel L1 against an fp64 truth on Gaussian inputs (the issue's accuracy criteria), with 1.0.6."""
+    from sage_fast import sageattn
+
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    q, k, v = (torch.randn(2, 16, 2048, 128, device="cuda", dtype=torch.float16, generator=gen) for _ in range(3))
+    truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
+    outs = {"sageattn pv=fp16": sageattn(q, k, v, pv="fp16"), "sageattn pv=fp8": sageattn(q, k, v, pv="fp8")}
+    old = peer_106()
+    if old is not None:
+        outs["sageattention 1.0.6"] = old(q, k.clone(), v)
+    rows = []
+    for name, out in outs.items():
+        rows.append(dict(name=name, cos=sage_ref.cosine_similarity(out, truth), rel_l1=sage_ref.relative_l1(out, truth), rmse=sage_ref.rmse(out, truth)))
+        print(f"{name:22s} cos {rows[-1]['cos']:.6f}  rel L1 {rows[-1]['rel_l1']:.5f}  RMSE {rows[-1]['rmse']:.3e}")
+    return rows
+
+
 def environment():
     """Card, versions and date, recorded next to every number."""
     import triton
@@ -234,6 +279,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="two lengths only")
     parser.add_argument("--sweep", action="store_true", help="only sweep the kernel's tile configurations")
+    parser.add_argument("--breakdown", action="store_true", help="only time each launch of the fp8 pipeline")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json and bench.png")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -242,12 +288,17 @@ def main(argv=None):
     if args.sweep:
         (out / "sweep.json").write_text(json.dumps(dict(environment=env, rows=sweep_tiles()), indent=1))
         return
+    if args.breakdown:
+        (out / "breakdown.json").write_text(json.dumps(dict(environment=env, rows=quant_breakdown()), indent=1))
+        return
     if not torch.cuda.is_available():
         print("No CUDA GPU here: running a small CPU sanity pass instead of the benchmark.")
         rows = run_cpu()
     else:
+        accuracy = accuracy_vs_fp64()
         rows = run_gpu(args.quick)
         plot(rows, out / "bench.png")
+        env["accuracy_vs_fp64"] = accuracy
     (out / "bench.json").write_text(json.dumps(dict(environment=env, rows=rows), indent=1))
     print(json.dumps(env))
     if torch.cuda.is_available():
