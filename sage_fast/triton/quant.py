@@ -168,8 +168,10 @@ def quantize_kv_kernel(
             mask=row_ok[:, None] & d_ok[None, :], other=0.0,
         ).to(tl.float32)
         inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
-        v_codes = (v * inv[None, :]).to(tl.float8e4nv)
-        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[None, :]) * kv_len_padded + rows[:, None], v_codes)
+        v_codes = tl.trans((v * inv[None, :]).to(tl.float8e4nv))
+        # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
+        # store is contiguous bytes, not one byte every kv_len_padded.
+        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[:, None]) * kv_len_padded + rows[None, :], v_codes)
 
 
 def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1):
