@@ -1,0 +1,98 @@
+"""Render a benchmark JSON (``python -m sage_fast.bench``) as the markdown of docs/benchmarks.md.
+
+    python -m sage_fast.report docs/results/bench-h200.json > docs/benchmarks.md
+
+Every number on the page comes from the JSON; nothing is typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+COLUMNS = (
+    ("sdpa-cudnn", "SDPA cuDNN"),
+    ("sdpa-flash", "SDPA flash"),
+    ("sageattention-1.0.6", "1.0.6"),
+    ("rung1-flash-fp16", "rung 1"),
+    ("rung2-int8-qk", "rung 2"),
+    ("rung3-fused-quant", "rung 3"),
+    ("rung4-fp8-pv", "rung 4"),
+    ("sageattn-fp16", "sageattn fp16"),
+    ("sageattn-fp8", "sageattn fp8"),
+    ("kernel-only-fp16", "kernel fp16"),
+    ("kernel-only-fp8", "kernel fp8"),
+)
+
+
+def tops_table(rows, head_dim, causal):
+    """TOPS per N for every implementation, then the headline ratios."""
+    by_n = {}
+    for r in rows:
+        if r["head_dim"] == head_dim and r["causal"] == causal and "tops" in r:
+            by_n.setdefault(r["n"], {})[r["name"]] = r["tops"]
+    present = [(key, label) for key, label in COLUMNS if any(key in d for d in by_n.values())]
+    head = "| N | " + " | ".join(label for _, label in present) + " | sageattn fp8 / cuDNN | sageattn fp8 / 1.0.6 |"
+    lines = [head, "|" + "---|" * (len(present) + 3)]
+    for n, d in sorted(by_n.items()):
+        cells = [f"{d[key]:.0f}" if key in d else "–" for key, _ in present]
+        fp8 = d.get("sageattn-fp8")
+        ratio = lambda peer: f"{fp8 / d[peer]:.2f}×" if fp8 and peer in d else "–"  # noqa: E731
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {ratio('sdpa-cudnn')} | {ratio('sageattention-1.0.6')} |")
+    return "\n".join(lines)
+
+
+def accuracy_table(rows):
+    """cos / rel L1 against fp32 SDPA, per implementation, at the benchmark's shapes (worst over N)."""
+    worst = {}
+    for r in rows:
+        if "cos" in r:
+            w = worst.setdefault(r["name"], {"cos": 1.0, "rel_l1": 0.0})
+            w["cos"], w["rel_l1"] = min(w["cos"], r["cos"]), max(w["rel_l1"], r["rel_l1"])
+    lines = ["| implementation | worst cos | worst rel L1 |", "|---|---|---|"]
+    for key, label in COLUMNS:
+        if key in worst:
+            lines.append(f"| {label} | {worst[key]['cos']:.6f} | {worst[key]['rel_l1']:.4f} |")
+    return "\n".join(lines)
+
+
+def render(data):
+    env, rows = data["environment"], data["rows"]
+    out = [
+        "# Benchmarks",
+        "",
+        f"Measured on **{env['card']}**, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
+        f"on {env['date']}, with `python -m sage_fast.bench` (raw numbers: `docs/results/`).",
+        "Inputs fp16 Gaussian, H = 32, B·N = 16k tokens; TOPS = 4·B·H·N²·D / time (halved for causal);",
+        "whole calls include quantization; 1.0.6 is PyPI `sageattention` (its K clone subtracted);",
+        "`kernel` columns time the attention kernel alone on pre-quantized inputs.",
+        "",
+        "![TOPS against N](results/bench.png)",
+        "",
+    ]
+    for head_dim in sorted({r["head_dim"] for r in rows}):
+        for causal in (False, True):
+            out += [f"## head_dim {head_dim}, {'causal' if causal else 'non-causal'}", "", tops_table(rows, head_dim, causal), ""]
+    out += ["## Accuracy against fp32 SDPA (same inputs)", "", accuracy_table(rows), ""]
+    if env.get("accuracy_vs_fp64"):
+        out += [
+            "## Accuracy against an fp64 truth (B=2, H=16, N=2048, D=128, Gaussian)",
+            "",
+            "| implementation | cos | rel L1 | RMSE |",
+            "|---|---|---|---|",
+        ]
+        out += [f"| {a['name']} | {a['cos']:.6f} | {a['rel_l1']:.5f} | {a['rmse']:.3e} |" for a in env["accuracy_vs_fp64"]]
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m sage_fast.report BENCH_JSON")
+    with open(argv[0]) as f:
+        print(render(json.load(f)))
+
+
+if __name__ == "__main__":
+    main()
