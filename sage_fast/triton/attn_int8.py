@@ -20,8 +20,8 @@ Masks: one additive-bias pointer with [batch, head, query, key] strides, 0 on br
 dimensions. When the bias does not depend on the query row (a key-padding mask
 [batch, 1, 1, kv_len]), BIAS == ROW_BIAS loads one row of BLOCK_N values per key tile and
 broadcasts it over the tile's BLOCK_M rows; otherwise (FULL_BIAS) a [BLOCK_M, BLOCK_N] tile.
-A boolean mask is read as bytes and turned into 0 / -inf in registers, so it is never
-converted or copied on the host.
+A float bias enters through the FMA that dequantizes the scores; a boolean mask is read as
+bytes and selects (masked scores become -inf), so it is never converted or copied on the host.
 """
 
 import torch
@@ -61,14 +61,19 @@ def attend(
         scale = q_scale * tl.load(k_scale_ptr + start_n // BLOCK_N)
         s_int = tl.dot(q, k)
         if MASKED or BIAS != NO_BIAS:
-            s = s_int.to(tl.float32) * scale
             if BIAS == ROW_BIAS:
-                bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)
-                s += bias_base2(bias, BIAS_BOOL)[None, :]
+                bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)[None, :]
             elif BIAS == FULL_BIAS:
                 bias_ok = (offs_m[:, None] < q_len) & (keys[None, :] < kv_len)
                 bias = tl.load(bias_ptrs + keys[None, :] * sb_n, mask=bias_ok, other=0)
-                s += bias_base2(bias, BIAS_BOOL)
+            if BIAS != NO_BIAS and not BIAS_BOOL:
+                # Dequantize and add the bias in one FMA: b · log2 e costs no extra pass over the tile.
+                s = tl.fma(s_int.to(tl.float32), scale, bias_base2(bias))
+            else:
+                s = s_int.to(tl.float32) * scale
+            if BIAS != NO_BIAS and BIAS_BOOL:
+                # A boolean mask selects, like torch's masked_fill: a masked score is -inf whatever it was.
+                s = tl.where(bias != 0, s, float("-inf"))
             if MASKED:
                 s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, m_i, l_i, P_LOG2)
@@ -187,6 +192,10 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal
     out = torch.empty_like(out_like)
     lse = lse_buffer(out, return_lse)
     bias, bias_strides, bias_mode = bias_view(attn_mask, (batch, heads, q_len, kv_len))
+    if bias_mode == FULL_BIAS and head_dim_padded >= 256:
+        # Each pipeline stage also buffers a [block_m, block_n] mask tile; beside 256-wide K and V
+        # tiles, three stages overflow Hopper's 227 KiB of shared memory.
+        num_stages = min(num_stages, 2)
     sage_attn_kernel[attention_grid(out, block_m)](
         q_int8, k_int8, q_scale, k_scale, v, v_scale if pv_fp8 else q_scale, out, lse,
         shift if shift is not None else lse, bias if bias is not None else q_scale,
