@@ -12,6 +12,7 @@ import math
 import torch
 
 from .checks import check_attn_mask, check_block, check_flag, check_qkv, resolve_sm_scale
+from .masks import additive_bias
 from .online_softmax import causal_visible, online_softmax
 
 LOG2E = math.log2(math.e)
@@ -38,10 +39,8 @@ def naive_attention(q, k, v, *, is_causal=False, sm_scale=None, attn_mask=None, 
     scale = resolve_sm_scale(sm_scale, shape.head_dim)
     k, v = expand_kv(k, shape.group), expand_kv(v, shape.group)
     s = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
-        s = s.masked_fill(~attn_mask, float("-inf"))
-    elif attn_mask is not None:
-        s = s + attn_mask.to(s.dtype)
+    if attn_mask is not None:
+        s = s + additive_bias(attn_mask, s.dtype)
     if is_causal:
         s = s.masked_fill(~causal_visible(shape.q_len, shape.kv_len, q.device), float("-inf"))
     # Subtract the row maximum, not the lse: when a mask pushes every logit of a row to about

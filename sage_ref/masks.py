@@ -7,9 +7,10 @@ logits S · log2 e, so a natural-log bias b enters as b · log2 e:
 
     softmax_e(S + b) = softmax_2((S + b) · log2 e) = softmax_2(S₂ + b · log2 e)
 
-A boolean mask selects, as torch's ``masked_fill`` does: a masked score becomes -inf whatever
-it was (a NaN score too), which equals adding 0 / -inf to finite scores. Every conversion keeps
-the mask's broadcast shape: a key-padding mask [batch, 1, 1, kv_len] never grows to [B, H, Nq, Nkv].
+A boolean mask becomes 0 (attend) or -inf (masked), added like a float bias: kernels fold it
+into the FMA that dequantizes the scores. (So a NaN score stays NaN where it is masked, too:
+NaN anywhere in a row's scores makes the row NaN, masked or not.) Every conversion keeps the
+mask's broadcast shape: a key-padding mask [batch, 1, 1, kv_len] never grows to [B, H, Nq, Nkv].
 """
 
 from __future__ import annotations

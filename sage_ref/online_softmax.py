@@ -55,20 +55,17 @@ def online_softmax(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the online softmax over key blocks; return ``(acc / l, lse2)``.
 
-    acc_shape: [batch, heads, q_len, head_dim]. attn_mask: bool (True = attend), which sets
-    masked scores to -inf, or a natural-log additive bias, broadcastable to
-    [batch, heads, q_len, kv_len], added to each block's base-2 logits as ``b · log2 e``
-    (see :mod:`sage_ref.masks`). Returns
+    acc_shape: [batch, heads, q_len, head_dim]. attn_mask: bool (True = attend; 0 / -inf) or a
+    natural-log additive bias, broadcastable to [batch, heads, q_len, kv_len], added to each
+    block's base-2 logits as ``b · log2 e`` (see :mod:`sage_ref.masks`). Returns
     the normalised output in ``dtype`` and the base-2 log-sum-exp [batch, heads, q_len].
     A row that sees no key gets output 0 and lse2 = -inf; NaN anywhere in a row's scores
     makes the row NaN.
     """
     visible = causal_visible(q_len, kv_len, device) if is_causal else None
-    keep = bias2 = None
-    if attn_mask is not None and attn_mask.dtype == torch.bool:
+    bias2 = None
+    if attn_mask is not None:
         # Expanding is a view (stride 0), so each block slices keys without a copy.
-        keep = attn_mask.expand(*acc_shape[:-1], kv_len)
-    elif attn_mask is not None:
         bias2 = base2_bias(attn_mask, dtype).expand(*acc_shape[:-1], kv_len)
     m_i = torch.full(acc_shape[:-1], float("-inf"), dtype=dtype, device=device)
     l_i = torch.zeros(acc_shape[:-1], dtype=dtype, device=device)
@@ -78,8 +75,6 @@ def online_softmax(
         s = scores(start, end)
         if bias2 is not None:
             s = s + bias2[..., start:end]
-        if keep is not None:
-            s = s.masked_fill(~keep[..., start:end], float("-inf"))
         if visible is not None:
             s = s.masked_fill(~visible[:, start:end], float("-inf"))
         m_new = torch.maximum(m_i, s.amax(dim=-1))

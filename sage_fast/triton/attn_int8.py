@@ -20,8 +20,9 @@ Masks: one additive-bias pointer with [batch, head, query, key] strides, 0 on br
 dimensions. When the bias does not depend on the query row (a key-padding mask
 [batch, 1, 1, kv_len]), BIAS == ROW_BIAS loads one row of BLOCK_N values per key tile and
 broadcasts it over the tile's BLOCK_M rows; otherwise (FULL_BIAS) a [BLOCK_M, BLOCK_N] tile.
-A float bias enters through the FMA that dequantizes the scores; a boolean mask is read as
-bytes and selects (masked scores become -inf), so it is never converted or copied on the host.
+The bias enters through the FMA that dequantizes the scores; a boolean mask is read as bytes
+and becomes 0 / -inf in registers (per row for ROW_BIAS), so it is never converted or copied on
+the host.
 """
 
 import torch
@@ -61,19 +62,17 @@ def attend(
         scale = q_scale * tl.load(k_scale_ptr + start_n // BLOCK_N)
         s_int = tl.dot(q, k)
         if MASKED or BIAS != NO_BIAS:
+            # The bias is added by the FMA that dequantizes the scores: no extra pass over the tile.
+            # A key-padding row is converted once per tile ([BLOCK_N] values), then broadcast.
             if BIAS == ROW_BIAS:
-                bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)[None, :]
+                bias = tl.load(bias_ptrs + keys * sb_n, mask=keys < kv_len, other=0)
+                s = tl.fma(s_int.to(tl.float32), scale, bias_base2(bias, BIAS_BOOL)[None, :])
             elif BIAS == FULL_BIAS:
                 bias_ok = (offs_m[:, None] < q_len) & (keys[None, :] < kv_len)
                 bias = tl.load(bias_ptrs + keys[None, :] * sb_n, mask=bias_ok, other=0)
-            if BIAS != NO_BIAS and not BIAS_BOOL:
-                # Dequantize and add the bias in one FMA: b · log2 e costs no extra pass over the tile.
-                s = tl.fma(s_int.to(tl.float32), scale, bias_base2(bias))
+                s = tl.fma(s_int.to(tl.float32), scale, bias_base2(bias, BIAS_BOOL))
             else:
                 s = s_int.to(tl.float32) * scale
-            if BIAS != NO_BIAS and BIAS_BOOL:
-                # A boolean mask selects, like torch's masked_fill: a masked score is -inf whatever it was.
-                s = tl.where(bias != 0, s, float("-inf"))
             if MASKED:
                 s = tl.where(visible(offs_m, keys, q_len, kv_len, IS_CAUSAL), s, float("-inf"))
             p, alpha, m_i, l_i = softmax_step(s, m_i, l_i, P_LOG2)

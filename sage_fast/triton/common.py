@@ -91,15 +91,19 @@ def finish(acc, m_i, l_i, P_LOG2: tl.constexpr):
 
 
 @triton.jit
-def bias_base2(bias):
-    """A float attention-mask tile (natural-log units) as a bias on base-2 logits (``sage_ref.masks.base2_bias``).
+def bias_base2(bias, IS_BOOL: tl.constexpr):
+    """An attention-mask tile as an additive bias on base-2 logits (``sage_ref.masks.base2_bias``).
 
-    b · log2 e, clamped to -FP32_MAX where only the product overflowed, so a finite bias
-    (torch.finfo.min masks) stays finite.
+    bool (True = attend) -> 0 / -inf; a float bias b in natural-log units -> b · log2 e, clamped
+    to -FP32_MAX where only the product overflowed, so a finite bias (torch.finfo.min masks) stays finite.
     """
-    bias = bias.to(tl.float32)
-    bias2 = bias * LOG2E
-    return tl.where((bias2 == float("-inf")) & (bias != float("-inf")), -FP32_MAX, bias2)
+    if IS_BOOL:
+        bias2 = tl.where(bias != 0, 0.0, float("-inf"))
+    else:
+        bias = bias.to(tl.float32)
+        bias2 = bias * LOG2E
+        bias2 = tl.where((bias2 == float("-inf")) & (bias != float("-inf")), -FP32_MAX, bias2)
+    return bias2
 
 
 @triton.jit
