@@ -24,6 +24,8 @@ large; the test says where it checks elementwise.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 import sage_ref
@@ -79,6 +81,22 @@ def assert_fa_bound(fast, emul, ref, noise, *, elementwise: bool, what: str = "o
                 for i in idx
             ]
             raise AssertionError(f"{what}: {int(bad.sum())} elements break the bound, first:\n" + "\n".join(rows))
+
+
+@contextlib.contextmanager
+def poisoned_allocations():
+    """Make torch.empty / torch.empty_like return NaN (floats) or 77 (integers): unwritten elements show."""
+    originals = torch.empty, torch.empty_like
+
+    def poison(t):
+        return t.fill_(float("nan") if t.dtype.is_floating_point else (True if t.dtype == torch.bool else 77))
+
+    torch.empty = lambda *a, **kw: poison(originals[0](*a, **kw))
+    torch.empty_like = lambda *a, **kw: poison(originals[1](*a, **kw))
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = originals
 
 
 MASK_KINDS = ("none", "key_padding_bool", "key_padding_float", "full_bool", "full_float", "bool_2d", "head_float")

@@ -1,0 +1,108 @@
+"""Every rung of the Triton ladder against the sage_ref variant it claims to implement.
+
+Runs on the CPU under Triton's interpreter (tests/conftest.py), with the interpreter's float
+conversions fixed (sage_fast/triton/interpreter_fixes.py), so the kernels round where the GPU does.
+The bound is FlashAttention's (tests/attention_bounds.py): |rung - truth| <= 2 |emulation - truth|
++ noise, on the maximum and, for the rungs whose P is fp16, element by element; the truth is fp64
+attention of the very inputs. Outputs are allocated poisoned (NaN), so an element no program writes
+fails. The quantization kernels are held to sage_ref's quantizers exactly: same codes, same scales.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from attention_bounds import assert_fa_bound, lse_noise, output_noise, poisoned_allocations, truth
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+import sage_ref
+from sage_fast.triton import RUNGS
+from sage_fast.triton.launch import head_dim_block
+from sage_fast.triton.quant import quantize_kv, quantize_q
+
+LENGTHS = st.one_of(st.sampled_from([1, 63, 64, 65, 77, 128, 129]), st.integers(1, 140))
+
+
+@st.composite
+def inputs(draw, dtypes):
+    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] Gaussian (K with an optional shared channel bias) and is_causal."""
+    kv_heads, group = draw(st.integers(1, 2)), draw(st.sampled_from([1, 2, 3]))
+    q_len, kv_len = draw(LENGTHS), draw(LENGTHS)
+    head_dim = draw(st.sampled_from([16, 40, 64, 128]))
+    dtype = draw(st.sampled_from(dtypes))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
+    k_bias = draw(st.sampled_from([0.0, 4.0]))
+
+    def gauss(heads, n, shift=0.0):
+        return (torch.randn(1, heads, n, head_dim, generator=gen, dtype=torch.float64) + shift).to(dtype)
+
+    q, k, v = gauss(kv_heads * group, q_len), gauss(kv_heads, kv_len, k_bias), gauss(kv_heads, kv_len)
+    return q, k, v, draw(st.booleans())
+
+
+def check_rung(rung, q, k, v, is_causal, *, elementwise):
+    before = [t.clone() for t in (q, k, v)]
+    with poisoned_allocations():
+        out, lse = rung.forward(q, k, v, is_causal=is_causal, return_lse=True)
+    for t, t0 in zip((q, k, v), before):
+        assert torch.equal(t, t0), "an input was modified"
+    emul, emul_lse = rung.reference(q, k, v, is_causal=is_causal, return_lse=True)
+    ref, ref_lse = truth(q, k, v, is_causal=is_causal)
+    sm_scale = q.shape[-1] ** -0.5
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert_fa_bound(out, emul, ref, output_noise(q.dtype, v), elementwise=elementwise, what=rung.name)
+    assert_fa_bound(lse, emul_lse, ref_lse, lse_noise(q, k, sm_scale), elementwise=True, what=f"{rung.name} lse")
+
+
+# Rung 1 rounds P to the input's dtype; its emulation rounds P to fp16, so it is held on fp16 inputs.
+@given(data=inputs(dtypes=(torch.float16,)))
+@example(data=(torch.randn(1, 2, 1, 64).half(), torch.randn(1, 1, 300, 64).half(), torch.randn(1, 1, 300, 64).half(), True))
+def test_rung1_flash(data):
+    check_rung(RUNGS[0], *data, elementwise=True)
+
+
+@pytest.mark.parametrize("rung", RUNGS[1:3], ids=lambda r: r.name)
+@given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
+def test_int8_qk_fp16_pv_rungs(rung, data):
+    check_rung(rung, *data, elementwise=True)
+
+
+# fp8 P·V: per element, a P whose e4m3 rounding flips (exp2's last bit) can exceed the noise term
+# where the emulation happens to be right, so the bound holds on the maximum (attention_bounds.py).
+@given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
+def test_rung4_fp8_pv(data):
+    check_rung(RUNGS[3], *data, elementwise=False)
+
+
+@given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)), block=st.sampled_from([(64, 128), (128, 64)]))
+def test_quantization_kernels_equal_sage_ref(data, block):
+    """The fused quantization launches write sage_ref's codes and scales, bit for bit.
+
+    K's mean is summed in fp64 on both sides, so it rounds to the same fp32 value whatever the order.
+    """
+    q, k, v, _ = data
+    block_m, block_n = block
+    dp = head_dim_block(max(q.shape[-1], 32))
+    pad = dp - q.shape[-1]
+    with poisoned_allocations():
+        kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=True)
+        q_int8, q_scale, shift = quantize_q(
+            q, sm_scale=0.3, block_m=block_m, head_dim_padded=dp, k_mean=kv["k_mean"], kv_heads=k.shape[1]
+        )
+    k_smoothed, k_mean = sage_ref.smooth_k(k)
+    assert torch.equal(kv["k_mean"][..., : k.shape[-1]], k_mean[:, :, 0])
+    k_hat = sage_ref.quantize_int8(k_smoothed, "block", block_n)
+    assert torch.equal(kv["k_int8"], torch.nn.functional.pad(k_hat.codes, (0, pad)))
+    assert torch.equal(kv["k_scale"], k_hat.scale)
+    q_hat = sage_ref.quantize_int8(q.float() * (0.3 * sage_ref.attention.LOG2E), "block", block_m)
+    assert torch.equal(q_int8, torch.nn.functional.pad(q_hat.codes, (0, pad)))
+    assert torch.equal(q_scale, q_hat.scale)
+    v_fp8, v_scale = sage_ref.quantize_v_fp8(v)
+    n = k.shape[2]
+    assert torch.equal(kv["v_fp8_t"][..., : k.shape[-1], :n].transpose(-1, -2).float(), v_fp8.float())
+    assert torch.equal(kv["v_fp8_t"][..., n:].float(), torch.zeros_like(kv["v_fp8_t"][..., n:].float())), "padding"
+    assert torch.equal(kv["v_scale"][..., : k.shape[-1]], v_scale[:, :, 0])
+    group = q.shape[1] // k.shape[1]
+    expected_shift = 0.3 * torch.matmul(q.float(), k_mean.repeat_interleave(group, dim=1).transpose(-1, -2))[..., 0]
+    torch.testing.assert_close(shift, expected_shift, rtol=1e-5, atol=1e-5 * float(expected_shift.abs().max()) + 1e-6)
