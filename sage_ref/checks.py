@@ -58,7 +58,7 @@ def check_qkv(q, k, v) -> Shape:
         raise ValueError(f"k has batch {k.shape[0]} but q has batch {batch}")
     if k.shape[3] != head_dim:
         raise ValueError(f"k has head_dim {k.shape[3]} but q has head_dim {head_dim}")
-    if batch < 1 or q_len < 1 or kv_len < 1 or kv_heads < 1:
+    if batch < 1 or heads < 1 or q_len < 1 or kv_len < 1 or kv_heads < 1:
         raise ValueError(f"q and k need batch, heads and lengths >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"q has head_dim {head_dim}; supported is 1..{MAX_HEAD_DIM}")

@@ -51,6 +51,7 @@ BAD_QKV = {
     "mixed dtypes": (lambda q, k, v, kw: (q, k.to(OTHER_DTYPE[k.dtype]), v, kw), TypeError, r"^k has dtype"),
     "devices": (lambda q, k, v, kw: (q, k, v.to("meta"), kw), ValueError, r"^v is on meta"),
     "kv_len 0": (lambda q, k, v, kw: (q, k[:, :, :0], v[:, :, :0], kw), ValueError, r"lengths >= 1"),
+    "q heads 0": (lambda q, k, v, kw: (q[:, :0], k, v, kw), ValueError, r"heads and lengths >= 1"),
     "head_dim 257": (lambda q, k, v, kw: tuple(t.new_zeros(*t.shape[:3], 257) for t in (q, k, v)) + (kw,),
                      ValueError, r"head_dim 257"),
     "is_causal 1": (lambda q, k, v, kw: (q, k, v, {**kw, "is_causal": 1}), TypeError, r"^is_causal must be a bool"),
