@@ -229,19 +229,24 @@ def plot(rows, path):
         print("matplotlib not installed: no plot")
         return
     panels = sorted({(r["head_dim"], r["causal"]) for r in rows if "tops" in r})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    names = sorted({r["name"] for r in rows if "tops" in r})
+    colors = plt.cm.tab20.colors
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
     for ax, (hd, causal) in zip(axes[0], panels):
-        for name in sorted({r["name"] for r in rows}):
+        for i, name in enumerate(names):
             pts = [(r["n"], r["tops"]) for r in rows if r["name"] == name and r["head_dim"] == hd and r["causal"] == causal and "tops" in r]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
+                style = "--" if name.startswith(("sdpa", "sageattention")) else "-"
+                ax.plot(*zip(*sorted(pts)), style, marker="o", markersize=3, color=colors[i % len(colors)], label=name)
         ax.set_xscale("log", base=2)
         ax.set_title(f"head_dim {hd}, {'causal' if causal else 'non-causal'}")
         ax.set_xlabel("N")
         ax.set_ylabel("TOPS")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.savefig(path, dpi=110)
 
 
 def table(rows):

@@ -1,14 +1,16 @@
 """Render a benchmark JSON (``python -m sage_fast.bench``) as the markdown of docs/benchmarks.md.
 
-    python -m sage_fast.report docs/results/bench-h200.json > docs/benchmarks.md
+    python -m sage_fast.report docs/results/bench-h200.json [--png docs/results/bench.png] > docs/benchmarks.md
 
-Every number on the page comes from the JSON; nothing is typed in.
+Every number on the page (and the plot, with --png) comes from the JSON; nothing is typed in.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+
+from .bench import plot
 
 COLUMNS = (
     ("sdpa-cudnn", "SDPA cuDNN"),
@@ -87,11 +89,15 @@ def render(data):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m sage_fast.report BENCH_JSON")
-    with open(argv[0]) as f:
-        print(render(json.load(f)))
+    parser = argparse.ArgumentParser(description="Render a benchmark JSON as markdown (and its plot).")
+    parser.add_argument("json", help="a bench.json written by python -m sage_fast.bench")
+    parser.add_argument("--png", help="also draw the TOPS plot into this file")
+    args = parser.parse_args(argv)
+    with open(args.json) as f:
+        data = json.load(f)
+    if args.png:
+        plot(data["rows"], args.png)
+    print(render(data))
 
 
 if __name__ == "__main__":

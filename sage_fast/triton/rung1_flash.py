@@ -5,8 +5,9 @@ tiles of BLOCK_N keys, computes S = Q Kᵀ on the tensor cores (fp16 in, fp32 ou
 the online softmax in base 2 (log2 e folded into the scale, so exp2 is one
 instruction) and accumulates P·V in fp32. The N×N score matrix never exists in memory.
 
-What it bought: the baseline every later rung is measured against (docs/benchmarks.md,
-H100/H200 numbers with card and date).
+What it bought (H200, torch 2.11, triton 3.6, 2026-11-26; docs/benchmarks.md): hd128, N = 8k,
+non-causal, 424 TOPS, above SDPA's FLASH_ATTENTION backend (336) and below its cuDNN backend
+(577): the baseline every later rung is measured against.
 
 Numerics: P is rounded to fp16 for the P·V product, so this rung is held to
 ``sage_ref.sage_attention(qk_granularity=None, pv="fp16", smooth_k=False)``.
