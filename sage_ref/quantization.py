@@ -100,14 +100,20 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return torch.trunc(x + torch.where(x >= 0, 0.5, -0.5))
 
 
+def divide(a, b) -> torch.Tensor:
+    """a / b correctly rounded, as the kernels' ``div_rn``. PyTorch computes ``float / tensor`` (and, on
+    CUDA, ``tensor / float``) as a multiplication by a reciprocal, an ulp off; tensor / tensor is exact."""
+    like = a if isinstance(a, torch.Tensor) else b
+    return torch.as_tensor(a, dtype=like.dtype, device=like.device) / torch.as_tensor(b, dtype=like.dtype, device=like.device)
+
+
 def reciprocal_scale(amax: torch.Tensor, target_max: float) -> torch.Tensor:
     """target_max / amax, and 0 where amax is 0 (an all-zero group quantizes to 0, no division by zero).
 
     Kernels divide once per group and multiply every element: an IEEE division per element
     costs about twenty instructions, which made quantization a third of a short call's time.
     """
-    # A tensor numerator: ``float / tensor`` is computed as reciprocal · float in PyTorch, off by ulps.
-    return torch.where(amax == 0, 0.0, torch.full_like(amax, target_max) / amax)
+    return torch.where(amax == 0, 0.0, divide(target_max, amax))
 
 
 def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int = 64, warps: int = 4) -> Int8Quantized:
@@ -131,7 +137,7 @@ def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int =
         amax = amax + torch.zeros_like(amax).scatter_add(-1, index, token_amax * 0)
     inv_scale = reciprocal_scale(amax, INT8_MAX)[..., group].expand(b, h, n)
     codes = round_half_away(x * inv_scale[..., None]).to(torch.int8)
-    return Int8Quantized(codes, amax / INT8_MAX, group)
+    return Int8Quantized(codes, divide(amax, INT8_MAX), group)
 
 
 def quantize_per_channel(v: torch.Tensor, target_max: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +148,7 @@ def quantize_per_channel(v: torch.Tensor, target_max: float) -> tuple[torch.Tens
     """
     v = v.to(torch.float32)
     amax = v.abs().amax(dim=-2, keepdim=True) + v.sum(dim=-2, keepdim=True) * 0
-    return v * reciprocal_scale(amax, target_max), amax / target_max
+    return v * reciprocal_scale(amax, target_max), divide(amax, target_max)
 
 
 def quantize_v_fp8(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
