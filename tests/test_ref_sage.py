@@ -68,7 +68,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import attention_inputs, block_sizes, randn_like, seeds
+from strategies import attention_inputs, block_sizes, lengths, randn_like, seeds
 
 from sage_ref import (
     GRANULARITIES,
@@ -258,6 +258,28 @@ def test_constant_keys_and_zero_key_blocks_stay_finite_and_accurate(granularity,
         block = data.draw(st.integers(0, (inp.shape.kv_len - 1) // bn), label="zero block")
         k[:, :, block * bn : (block + 1) * bn] = 0
     check_bound(inp.q, k, inp.v, inp.is_causal, granularity, pv, options)
+
+
+@given(kv_len=lengths(), block_n=block_sizes(128), seed=seeds())
+def test_fp16_pv_rounds_where_the_tensor_core_does(kv_len, block_n, seed):
+    """pv="fp16" bit for bit, on a case simple enough to write out: with K = 0 every P is exactly 1, so
+    out = (Σ over blocks, in fp32, of the block's fp16 accumulator) / kv_len, where the accumulator
+    adds the exact sum of each 16 fp16-rounded values and rounds to fp16 (one MMA step).
+
+    A bound cannot see an emulation that rounds less often than the kernel; this pins the rounding points.
+    """
+    v = 300 * randn_like(torch.empty(1, 1, kv_len, 8), seed)
+    q, k = torch.ones(1, 1, 1, 8), torch.zeros(1, 1, kv_len, 8)
+    v16 = v.to(torch.float16).double()
+    total = torch.zeros(8, dtype=torch.float32)
+    for start in range(0, kv_len, block_n):
+        acc16 = torch.zeros(8, dtype=torch.float16)
+        for c in range(start, min(start + block_n, kv_len), 16):
+            acc16 = (acc16.double() + v16[0, 0, c : min(c + 16, start + block_n, kv_len)].sum(0)).half()
+        total = total + acc16.float()
+    expected = total / kv_len
+    out = sage_attention(q, k, v, qk_granularity=None, pv="fp16", smooth_k=False, block_n=block_n)
+    assert torch.equal(out.flatten(), expected)
 
 
 @given(inp=attention_inputs(), block_m=block_sizes(), block_n=block_sizes())

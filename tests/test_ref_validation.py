@@ -13,6 +13,7 @@ from strategies import FLOAT_DTYPES, attention_inputs, block_sizes
 from sage_ref import (
     GRANULARITIES,
     PV_MODES,
+    cosine_similarity,
     decode_p,
     encode_p,
     flash_attention,
@@ -20,6 +21,8 @@ from sage_ref import (
     quantize_int8,
     quantize_v_fp8,
     quantize_v_int8,
+    relative_l1,
+    rmse,
     sage_attention,
     smooth_k,
     token_groups,
@@ -136,8 +139,9 @@ def test_attention_returns_the_input_dtype_and_leaves_inputs_untouched(inp, bloc
 
 
 @given(inp=attention_inputs(**TINY), granularity=st.sampled_from(GRANULARITIES), block_size=block_sizes(64))
-def test_quantizers_return_documented_dtypes_and_leave_inputs_untouched(inp, granularity, block_size):
-    """INT8 codes with fp32 scales, e4m3 V with fp32 scales, fp32 (fp64 for fp64) smoothing; inputs unchanged."""
+def test_helpers_return_documented_dtypes_and_leave_inputs_untouched(inp, granularity, block_size):
+    """INT8 codes with fp32 scales, e4m3 V with fp32 scales, fp32 (fp64 for fp64) smoothing, float metrics;
+    inputs unchanged."""
     x, k, v = inp.qkv
     before = [t.clone() for t in inp.qkv]
     qx = quantize_int8(x, granularity, block_size)
@@ -156,6 +160,8 @@ def test_quantizers_return_documented_dtypes_and_leave_inputs_untouched(inp, gra
     for encoding in ("fp16", "fp8", "int8"):
         assert decode_p(*encode_p(p, encoding)).dtype == torch.float32
     assert torch.equal(p, p_before)
+    for metric in (cosine_similarity, relative_l1, rmse):
+        assert isinstance(metric(x, x + 1), float)
     for t, saved in zip(inp.qkv, before):
         assert torch.equal(t, saved)
 
