@@ -57,6 +57,11 @@ def zero_a_run(x: torch.Tensor, data, dim: int) -> torch.Tensor:
     return x
 
 
+def div_rn(a: torch.Tensor, b: float) -> torch.Tensor:
+    """a / b correctly rounded in a's dtype (tensor / tensor; CUDA computes tensor / float with a reciprocal)."""
+    return a / torch.full_like(a, b)
+
+
 def e4m3_half_ulp(y: torch.Tensor) -> torch.Tensor:
     """Half the spacing of FP8 e4m3 values around y (fp64)."""
     exponent = torch.floor(torch.log2(y.abs().clamp(min=2.0**-6)))
@@ -86,7 +91,7 @@ def test_quantize_int8_error_within_half_a_step(granularity, x, block_size, warp
     dims = (0, 1, 2, 3) if granularity == "tensor" else (-2, -1)
     for g in qx.group.unique().tolist():
         amax = x32[..., qx.group == g, :].abs().amax(dim=dims)
-        assert torch.equal(qx.scale[..., g].reshape(amax.shape), amax / 127)
+        assert torch.equal(qx.scale[..., g].reshape(amax.shape), div_rn(amax, 127))
         top = qx.codes[..., qx.group == g, :].abs().amax(dim=dims)
         assert bool((top[amax > 0] == 127).all())
 
@@ -152,7 +157,7 @@ def test_quantize_v_fp8_round_trip_within_half_an_e4m3_ulp(v, data):
     v_fp8, v_scale = quantize_v_fp8(v)
     assert v_fp8.dtype == torch.float8_e4m3fn and v_scale.shape == (*v.shape[:2], 1, v.shape[3])
     v32 = v.to(torch.float32)
-    assert torch.equal(v_scale, v32.abs().amax(dim=-2, keepdim=True) / 448)
+    assert torch.equal(v_scale, div_rn(v32.abs().amax(dim=-2, keepdim=True), 448))
 
     step = v_scale.double()
     y = v.double() / torch.where(step == 0, 1.0, step)  # the value the cast rounds, up to fp32 roundings
@@ -169,7 +174,7 @@ def test_quantize_v_fp8_round_trip_within_half_an_e4m3_ulp(v, data):
 def test_quantize_v_int8_error_within_half_a_step(v):
     codes, v_scale = quantize_v_int8(v)
     assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 127
-    assert torch.equal(v_scale, v.to(torch.float32).abs().amax(dim=-2, keepdim=True) / 127)
+    assert torch.equal(v_scale, div_rn(v.to(torch.float32).abs().amax(dim=-2, keepdim=True), 127))
     step = v_scale.double()
     err = (v.double() - codes.double() * step).abs()
     assert bool((err <= step * (0.5 + SLACK) + fp32_input_error(v)).all())
