@@ -39,12 +39,7 @@ class Shape:
 def check_qkv(q, k, v) -> Shape:
     """Check q, k, v (HND layout) and return their sizes."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have 4 dimensions [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+        check_float_tensor(name, t)
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but q has {q.dtype}; q, k and v must share a dtype")
@@ -65,6 +60,17 @@ def check_qkv(q, k, v) -> Shape:
     if heads % kv_heads != 0:
         raise ValueError(f"q's heads ({heads}) must be a multiple of k's heads ({kv_heads}) for GQA/MQA")
     return Shape(batch, heads, kv_heads, q_len, kv_len, head_dim)
+
+
+def check_float_tensor(name: str, t) -> torch.Tensor:
+    """A 4-d floating-point tensor [batch, heads, seq, head_dim]."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.dim() != 4:
+        raise ValueError(f"{name} must have 4 dimensions [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+    return t
 
 
 def check_flag(name: str, value) -> bool:

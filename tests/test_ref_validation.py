@@ -180,3 +180,18 @@ def test_non_contiguous_inputs_give_the_same_result(dtype):
         attention_calls(q, k, v, True, 32, 16), attention_calls(*(t.contiguous() for t in (q, k, v)), True, 32, 16)
     ):
         torch.testing.assert_close(strided, dense, rtol=2e-2, atol=2e-2, msg=name)
+
+
+@pytest.mark.parametrize(
+    "call, bad, name, error",
+    [
+        (lambda t: quantize_int8(t), torch.zeros(3, 4, 5), "x", ValueError),
+        (lambda t: quantize_int8(t), torch.zeros(1, 1, 4, 4, dtype=torch.int32), "x", TypeError),
+        (lambda t: smooth_k(t), [[1.0]], "k", TypeError),
+        (lambda t: quantize_v_fp8(t), torch.zeros(2, 4, 8), "v", ValueError),
+        (lambda t: quantize_v_int8(t), torch.zeros(1, 1, 4, 4, dtype=torch.int8), "v", TypeError),
+    ],
+)
+def test_quantizers_refuse_bad_tensors_naming_them(call, bad, name, error):
+    with pytest.raises(error, match=rf"^{name} "):
+        call(bad)
