@@ -33,9 +33,9 @@ torch.manual_seed(0)
 
 # %%
 def attention(q, k, v):
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])      # S = Q Kᵀ / √d   [B, H, N, N]
-    p = torch.exp(s - s.amax(dim=-1, keepdim=True))            # exp(S - rowmax)
-    return (p / p.sum(dim=-1, keepdim=True)) @ v               # softmax(S) V    [B, H, N, D]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # S = Q Kᵀ / √d  [B,H,N,N]
+    p = torch.exp(s - s.amax(dim=-1, keepdim=True))        # exp(S - rowmax)
+    return (p / p.sum(dim=-1, keepdim=True)) @ v           # softmax(S) V   [B,H,N,D]
 
 
 q, k, v = (torch.randn(1, 2, 77, 64, dtype=torch.float16) for _ in range(3))
@@ -64,7 +64,8 @@ assert err_ours < 1e-5 and err_sdpa < 1e-5
 
 # %%
 print(f"cosine {sage_ref.cosine_similarity(out, truth):.9f}  "
-      f"rel L1 {sage_ref.relative_l1(out, truth):.2e}  RMSE {sage_ref.rmse(out, truth):.2e}")
+      f"rel L1 {sage_ref.relative_l1(out, truth):.2e}  "
+      f"RMSE {sage_ref.rmse(out, truth):.2e}")
 
 # %% [markdown]
 # ## Causal attention
@@ -79,7 +80,8 @@ print(sage_ref.causal_visible(3, 5, "cpu").int())
 s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(64)
 s = s.masked_fill(~sage_ref.causal_visible(77, 77, "cpu"), float("-inf"))
 causal = torch.softmax(s, dim=-1) @ v.double()
-assert torch.allclose(causal, sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=True))
+expected = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=True)
+assert torch.allclose(causal, expected)
 
 # %% [markdown]
 # ## Why this does not scale
@@ -102,13 +104,15 @@ for n in (1024, 8192, 32768):
 # from the committed results, not typed in:
 
 # %%
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench-h200-2026-11-26.json"
-bench = json.loads(RESULTS.read_text())
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
-print(f"{env['card']}, torch {env['torch']}, {env['date']}: SDPA cuDNN, 32 heads, head_dim 128, non-causal")
+print(f"{env['card']}, torch {env['torch']}, {env['date']}:")
+print("SDPA cuDNN, 32 heads, head_dim 128, non-causal")
 for row in bench["rows"]:
     if row["name"] == "sdpa-cudnn" and row["head_dim"] == 128 and not row["causal"]:
-        print(f"  N = {row['n']:5d}  batch {row['batch']:2d}  {row['ms']:7.3f} ms  {row['tops']:4.0f} TFLOPS")
+        print(f"  N = {row['n']:5d}  batch {row['batch']:2d}  "
+              f"{row['ms']:7.3f} ms  {row['tops']:4.0f} TFLOPS")
 
 # %% [markdown]
 # The FLOP rate is flat from \(N = 1024\) to \(32768\) while the work per token grows with \(N\): a fused kernel

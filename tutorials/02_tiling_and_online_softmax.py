@@ -18,7 +18,8 @@ import torch
 import sage_ref
 
 torch.manual_seed(0)
-q, k, v = (torch.randn(1, 2, 300, 64, dtype=torch.float64) for _ in range(3))  # 300: not a multiple of the block
+# 300 keys: not a multiple of any block size below
+q, k, v = (torch.randn(1, 2, 300, 64, dtype=torch.float64) for _ in range(3))
 truth = sage_ref.naive_attention(q, k, v)
 
 # %% [markdown]
@@ -40,16 +41,18 @@ truth = sage_ref.naive_attention(q, k, v)
 # %%
 def online_attention(q, k, v, block_n):
     scale = 1 / math.sqrt(q.shape[-1])
-    m = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)   # running max       m_i
-    l = torch.zeros(q.shape[:-1], dtype=q.dtype)                  # running sum       ℓ_i
-    acc = torch.zeros_like(q)                                     # unnormalised out  acc
+    m = torch.full(q.shape[:-1], float("-inf"), dtype=q.dtype)  # running max  m_i
+    l = torch.zeros(q.shape[:-1], dtype=q.dtype)                 # running sum  ℓ_i
+    acc = torch.zeros_like(q)                                    # unnormalised O
     for start in range(0, k.shape[-2], block_n):
-        s = q @ k[..., start:start + block_n, :].transpose(-1, -2) * scale  # S_j = Q K_jᵀ / √d
+        k_j = k[..., start:start + block_n, :]
+        v_j = v[..., start:start + block_n, :]
+        s = q @ k_j.transpose(-1, -2) * scale                   # S_j = Q K_jᵀ / √d
         m_new = torch.maximum(m, s.amax(dim=-1))
-        alpha = torch.exp(m - m_new)                              # α = e^(m_old - m_new)
-        p = torch.exp(s - m_new[..., None])                       # P_j = e^(S_j - m_new)
+        alpha = torch.exp(m - m_new)                            # α = e^(m_old - m_new)
+        p = torch.exp(s - m_new[..., None])                     # P_j = e^(S_j - m_new)
         l = alpha * l + p.sum(dim=-1)
-        acc = alpha[..., None] * acc + p @ v[..., start:start + block_n, :]
+        acc = alpha[..., None] * acc + p @ v_j
         m = m_new
     return acc / l[..., None]
 
@@ -94,9 +97,10 @@ assert torch.allclose(p_e, p_2, rtol=0, atol=1e-14)
 q16, k16, v16 = (t.to(torch.float16) for t in (q, k, v))
 truth16 = sage_ref.naive_attention(q16.double(), k16.double(), v16.double())
 flash = sage_ref.flash_attention(q16.float(), k16.float(), v16.float(), block_n=64)
-print(f"flash_attention (fp32, block_n=64): cosine {sage_ref.cosine_similarity(flash, truth16):.9f}, "
-      f"max abs err {(flash.double() - truth16).abs().max().item():.1e}")
-assert (flash.double() - truth16).abs().max().item() < 1e-5
+err = (flash.double() - truth16).abs().max().item()
+print(f"flash_attention (fp32, block_n=64): "
+      f"cosine {sage_ref.cosine_similarity(flash, truth16):.9f}, max abs err {err:.1e}")
+assert err < 1e-5
 
 # %% [markdown]
 # ## Memory: what the tiles buy
@@ -110,12 +114,16 @@ assert (flash.double() - truth16).abs().max().item() < 1e-5
 # Rung 1 against PyTorch's own fused kernels, read from the committed benchmark:
 
 # %%
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench-h200-2026-11-26.json"
-bench = json.loads(RESULTS.read_text())
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
-print(f"{env['card']}, triton {env['triton']}, {env['date']}: TFLOPS, 32 heads, head_dim 128, non-causal")
-names = {"rung1-flash-fp16": "rung 1 (Triton)", "sdpa-flash": "SDPA flash", "sdpa-cudnn": "SDPA cuDNN"}
-tops = {(r["name"], r["n"]): r["tops"] for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]}
+print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
+print("TFLOPS, 32 heads, head_dim 128, non-causal")
+names = {"rung1-flash-fp16": "rung 1 (Triton)",
+         "sdpa-flash": "SDPA flash",
+         "sdpa-cudnn": "SDPA cuDNN"}
+rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
+tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 print("      N  " + "".join(f"{label:>17}" for label in names.values()))
 for n in (1024, 8192, 32768):
     print(f"  {n:5d}  " + "".join(f"{tops[name, n]:17.0f}" for name in names))

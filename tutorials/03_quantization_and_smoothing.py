@@ -32,7 +32,8 @@ torch.manual_seed(0)
 # %%
 x = torch.randn(1, 1, 256, 64)
 xq = sage_ref.quantize_int8(x, granularity="block", block_size=64)
-print("codes", xq.codes.dtype, tuple(xq.codes.shape), " scales", tuple(xq.scale.shape), "(one per 64 tokens)")
+print("codes", xq.codes.dtype, tuple(xq.codes.shape))
+print("scales", tuple(xq.scale.shape), "(one per 64 tokens)")
 err = (xq.dequantize() - x).abs()
 half_step = xq.token_scale()[..., None] / 2
 print(f"max error / half step = {(err / half_step).max().item():.3f}")
@@ -76,9 +77,13 @@ print(f"max |attn(K_s) - attn(K)| = {(smoothed - plain).abs().max().item():.1e}"
 assert torch.allclose(smoothed, plain, rtol=0, atol=1e-12)
 
 # The quantization error that matters is relative to what differs between tokens: K - k̄ = K_s.
-quant_err = lambda t: (sage_ref.quantize_int8(t, "block").dequantize().double() - t.double()).norm().item()
-signal = k_s.norm().item()
-print(f"INT8 error of K relative to ‖K - k̄‖: raw K {quant_err(k) / signal:.4f}   smoothed K {quant_err(k_s) / signal:.4f}")
+def quant_err(t):
+    return (sage_ref.quantize_int8(t, "block").dequantize().double() - t.double()).norm()
+
+
+signal = k_s.norm()
+print(f"INT8 error of K relative to ‖K - k̄‖: raw K {quant_err(k) / signal:.4f}, "
+      f"smoothed K {quant_err(k_s) / signal:.4f}")
 
 # %% [markdown]
 # ## End to end: granularity × smoothing
@@ -93,7 +98,7 @@ print("granularity   smooth_k off   smooth_k on")
 cos = {}
 for g in ("tensor", "block", "token"):
     for smooth in (False, True):
-        out = sage_ref.sage_attention(q, k, v, qk_granularity=g, smooth_k=smooth, pv="fp16")
+        out = sage_ref.sage_attention(q, k, v, qk_granularity=g, smooth_k=smooth)
         cos[g, smooth] = sage_ref.cosine_similarity(out, truth)
     print(f"{g:11s}   {cos[g, False]:12.6f}   {cos[g, True]:11.6f}")
 assert all(cos[g, True] > cos[g, False] for g in ("tensor", "block", "token"))
@@ -113,7 +118,8 @@ assert cos["block", True] > 0.999
 # %%
 for pv in ("fp32", "fp16", "fp8", "int8"):
     out = sage_ref.sage_attention(q, k, v, qk_granularity="block", smooth_k=True, pv=pv)
-    print(f"pv = {pv:4s}: cosine {sage_ref.cosine_similarity(out, truth):.6f}   rel L1 {sage_ref.relative_l1(out, truth):.2e}")
+    print(f"pv = {pv:4s}: cosine {sage_ref.cosine_similarity(out, truth):.6f}   "
+          f"rel L1 {sage_ref.relative_l1(out, truth):.2e}")
 
 # %% [markdown]
 # fp16 P·V is as accurate as fp32: the error left is Q·Kᵀ's quantization. fp8's 3 mantissa bits cost the most;
@@ -127,15 +133,17 @@ for pv in ("fp32", "fp16", "fp8", "int8"):
 # and their accuracy against an fp64 truth on the benchmark's inputs, read from the committed results:
 
 # %%
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "bench-h200-2026-11-26.json"
-bench = json.loads(RESULTS.read_text())
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
-print(f"{env['card']}, triton {env['triton']}, {env['date']}: 32 heads, head_dim 128, non-causal")
-tops = {(r["name"], r["n"]): r["tops"] for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]}
+print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
+print("TFLOPS, 32 heads, head_dim 128, non-causal")
+rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
+tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 for n in (8192, 32768):
     base = tops["sdpa-cudnn", n]
-    print(f"  N = {n:5d}: SDPA cuDNN {base:3.0f} TFLOPS, sageattn fp16 {tops['sageattn-fp16', n]:3.0f} "
-          f"({tops['sageattn-fp16', n] / base:.2f}×), sageattn fp8 {tops['sageattn-fp8', n]:3.0f} "
-          f"({tops['sageattn-fp8', n] / base:.2f}×)")
+    fp16, fp8 = tops["sageattn-fp16", n], tops["sageattn-fp8", n]
+    print(f"  N = {n:5d}: SDPA cuDNN {base:3.0f}, sageattn fp16 {fp16:3.0f} "
+          f"({fp16 / base:.2f}×), sageattn fp8 {fp8:3.0f} ({fp8 / base:.2f}×)")
 for acc in env["accuracy_vs_fp64"]:
     print(f"  {acc['name']:20s} cosine {acc['cos']:.6f}  rel L1 {acc['rel_l1']:.4f}")
