@@ -23,7 +23,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from .common import NEG_INF, ZERO, as_kernel_array, ceil_div, check_args, empty_f32, fp32
+from .common import NEG_INF, ONE, ZERO, as_kernel_array, ceil_div, check_args, empty_f32, fp32
 
 TILE = 16  # threads per block side for the 2-d launches (16 x 16 = 256 threads)
 ROWS = 64  # threads per block for the per-row softmax
@@ -61,7 +61,7 @@ def softmax_kernel(S, Lse, q_len, kv_len):
     row_sum = ZERO
     for j in range(kv_len):
         row_sum += math.exp(S[b, h, i, j] - m_safe)
-    inv = ZERO if row_sum == ZERO else 1 / row_sum
+    inv = ZERO if row_sum == ZERO else ONE / row_sum
     for j in range(kv_len):
         S[b, h, i, j] = math.exp(S[b, h, i, j] - m_safe) * inv
     Lse[b, h, i] = NEG_INF if row_sum == ZERO else m + math.log(row_sum)

@@ -40,7 +40,6 @@ from .common import NEG_INF, ONE, ZERO, as_kernel_array, ceil_div, check_args, e
 
 BLOCK_M = 64  # query rows (= threads) per block, and Q's quantization block
 BLOCK_N = 64  # keys per tile, and K's quantization block
-F16_ZERO = np.float16(0.0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -80,7 +79,7 @@ def build_kernel(HEAD_DIM: int):
                 jj, d = e // head_dim, e % head_dim
                 j = start_n + jj
                 k_tile[jj, d] = Kc[b, kv_h, j, d] if j < kv_len else 0
-                v_tile[jj, d] = V16[b, kv_h, j, d] if j < kv_len else F16_ZERO
+                v_tile[jj, d] = V16[b, kv_h, j, d] if j < kv_len else np.float16(ZERO)
             cuda.syncthreads()
             if row_ok:
                 qk_scale = q_scale * Ks[b, kv_h, start_n // BLOCK_N]  # one dequantizing multiply per score
@@ -103,7 +102,7 @@ def build_kernel(HEAD_DIM: int):
                     l += p  # noqa: E741  (l sums the fp32 P; only the P·V product sees fp16)
                     p16[jj] = np.float16(p)
                 for d in range(head_dim):
-                    acc16 = F16_ZERO
+                    acc16 = np.float16(ZERO)  # (an np.float16 global constant makes invalid NVVM IR)
                     for c in range(0, BLOCK_N, MMA_K):  # one fp16-accumulating MMA step per 16 keys
                         partial = ZERO
                         for jj in range(c, c + MMA_K):
