@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
+import linecache
 import os
 import sys
 from pathlib import Path
@@ -63,7 +64,10 @@ def render(path: Path) -> str:
             continue
         captured = io.StringIO()
         with contextlib.redirect_stdout(captured):
-            exec(compile(source, f"{rel} (cell {index})", "exec"), namespace)
+            # Registered with linecache so inspect.getsource (which @triton.jit needs) finds the cell's code.
+            filename = f"{rel} (cell {index})"
+            linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+            exec(compile(source, filename, "exec"), namespace)
         parts.append(f"```python\n{source}\n```")
         output = captured.getvalue().rstrip()
         if output:

@@ -1,0 +1,143 @@
+r"""05 · A Triton flash kernel: the online softmax on the tensor cores
+
+You will learn:
+
+- how a Triton kernel is organised: one *program* per tile of query rows, blocks of keys loaded in a loop;
+- how the loop of tutorial 02 becomes kernel code: `tl.dot` for \(QK^\top\) and \(PV\), `exp2` for the softmax;
+- how to test a kernel without a GPU: Triton's interpreter runs it on the CPU, and the result must stay within
+  twice the error of the `sage_ref` emulation that rounds at the same points;
+- what the project's rung 1 measured on an H200.
+"""
+
+# %%
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported: run kernels on the CPU
+
+import triton
+import triton.language as tl
+
+import sage_ref
+import sage_fast.triton  # noqa: F401  (under the interpreter, this applies fixes for two of its bugs)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+print("running on", DEVICE, "(Triton interpreter)" if DEVICE == "cpu" else "")
+
+# %% [markdown]
+# ## The kernel
+#
+# A program owns `BLOCK_M` query rows of one (batch · head). It loads its \(Q\) tile once, then walks over the
+# keys `BLOCK_N` at a time, exactly as the loop of tutorial 02, in base 2:
+#
+# \[
+# S_j = Q K_j^\top \cdot \tfrac{1}{\sqrt d}\log_2 e, \quad m_{\text{new}} = \max(m_i, \max S_j), \quad
+# P_j = 2^{S_j - m_{\text{new}}}, \quad \mathrm{acc} \leftarrow 2^{m_i - m_{\text{new}}}\,\mathrm{acc} + P_j V_j .
+# \]
+#
+# `tl.dot` multiplies fp16 tiles on the tensor cores with fp32 accumulation; \(P_j\) is rounded to fp16 for the
+# second product. Masks (`offs < n`) handle the last, partial tiles.
+
+# %%
+@triton.jit
+def flash_kernel(Q, K, V, Out, n, qk_scale,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+    bh = tl.program_id(1)                               # which (batch · head)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    base = bh * n * D                                   # contiguous [B·H, n, D]
+    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < n, other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    for start in range(0, n, BLOCK_N):
+        keys = start + offs_n
+        k = tl.load(K + base + keys[None, :] * D + offs_d[:, None], mask=keys[None, :] < n, other=0.0)
+        s = tl.dot(q, k) * qk_scale                     # S_j, base-2 logits   [BLOCK_M, BLOCK_N]
+        s = tl.where(keys[None, :] < n, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)               # rescales what was accumulated
+        p = tl.math.exp2(s - m_new[:, None])            # P_j
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + base + keys[:, None] * D + offs_d[None, :], mask=keys[:, None] < n, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
+        m_i = m_new
+    out = acc / l_i[:, None]
+    tl.store(Out + base + offs_m[:, None] * D + offs_d[None, :], out.to(tl.float16), mask=offs_m[:, None] < n)
+
+
+def flash(q, k, v, block_m=32, block_n=16):
+    """q, k, v [B, H, n, D] fp16 (D a power of two >= 16) -> softmax(Q Kᵀ / √D) V."""
+    batch, heads, n, d = q.shape
+    out = torch.empty_like(q)
+    grid = (triton.cdiv(n, block_m), batch * heads)     # one program per (query tile, batch · head)
+    flash_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), out, n, d**-0.5 * math.log2(math.e),
+                       BLOCK_M=block_m, BLOCK_N=block_n, D=d)
+    return out
+
+
+# %% [markdown]
+# ## The test
+#
+# Small sizes, an awkward length (\(n = 77\): a partial tile at the end), fp16 inputs. The truth is fp64
+# attention on the same inputs. Exact agreement is impossible (P is rounded to fp16), so the bound comes from a
+# baseline, as FlashAttention's own tests do: `sage_ref.sage_attention(qk_granularity=None, pv="fp16",
+# smooth_k=False)` rounds at the same points; the kernel may be at most twice as far from the truth.
+
+# %%
+torch.manual_seed(0)
+q, k, v = (torch.randn(1, 2, 77, 32, dtype=torch.float16, device=DEVICE) for _ in range(3))
+out = flash(q, k, v)
+
+truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
+emulation = sage_ref.sage_attention(q, k, v, qk_granularity=None, pv="fp16", smooth_k=False,
+                                    block_m=32, block_n=16)
+err_kernel = (out.double() - truth).abs().max().item()
+err_emulation = (emulation.double() - truth).abs().max().item()
+print(f"max |kernel - fp64| = {err_kernel:.2e}   max |sage_ref - fp64| = {err_emulation:.2e}")
+assert err_kernel <= 2 * err_emulation
+
+# %% [markdown]
+# ## The project's rung 1
+#
+# `sage_fast/triton/rung1_flash.py` is this kernel grown up: strided inputs (any layout, no copies), grouped-query
+# attention, causal masking, the log-sum-exp, and block sizes tuned on the GPU (128 × 64). The ladder's registry
+# `sage_fast.triton.RUNGS` pairs it with its `sage_ref` variant, and the test suite holds every rung to the same
+# bound as above:
+
+# %%
+rung1 = sage_fast.triton.RUNGS[0]
+q, k, v = (torch.randn(1, 2, 100, 64, dtype=torch.float16, device=DEVICE) for _ in range(3))
+truth = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=True)
+out = rung1.forward(q, k, v, is_causal=True, sm_scale=None, return_lse=False)
+ref = rung1.reference(q, k, v, is_causal=True, sm_scale=None, return_lse=False)
+err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
+print(f"{rung1.name}: max |rung - fp64| = {err_rung:.2e}   max |reference - fp64| = {err_ref:.2e}")
+assert err_rung <= 2 * err_ref
+
+# %% [markdown]
+# ## Measured on a GPU
+#
+# Rung 1 against PyTorch's fused kernels, read from the committed benchmark (TFLOPS = \(4 B H N^2 D\) / time):
+
+# %%
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
+bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
+env = bench["environment"]
+print(f"{env['card']}, triton {env['triton']}, {env['date']}: TFLOPS, N = 8192, 32 heads")
+tops = {(r["name"], r["head_dim"], r["causal"]): r["tops"] for r in bench["rows"] if r["n"] == 8192}
+for name in ("rung1-flash-fp16", "sdpa-flash", "sdpa-cudnn"):
+    cells = "  ".join(f"hd{d} {'causal' if c else 'full  '} {tops[name, d, c]:4.0f}"
+                      for d in (64, 128) for c in (False, True))
+    print(f"  {name:17s} {cells}")
+
+# %% [markdown]
+# A plain fp16 flash kernel in thirty lines of Triton runs between PyTorch's two fused backends. The next rungs
+# replace \(QK^\top\) by an INT8 product and fuse the quantization into the kernel's neighbours.
