@@ -18,13 +18,14 @@ from pathlib import Path
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported: run kernels on the CPU
+    # Set before Triton is imported: kernels then run on the CPU.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton
 import triton.language as tl
 
 import sage_ref
-import sage_fast.triton  # noqa: F401  (under the interpreter, this applies fixes for two of its bugs)
+import sage_fast.triton  # under the interpreter, this fixes two of its bugs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 print("running on", DEVICE, "(Triton interpreter)" if DEVICE == "cpu" else "")
@@ -36,8 +37,10 @@ print("running on", DEVICE, "(Triton interpreter)" if DEVICE == "cpu" else "")
 # keys `BLOCK_N` at a time, exactly as the loop of tutorial 02, in base 2:
 #
 # \[
-# S_j = Q K_j^\top \cdot \tfrac{1}{\sqrt d}\log_2 e, \quad m_{\text{new}} = \max(m_i, \max S_j), \quad
-# P_j = 2^{S_j - m_{\text{new}}}, \quad \mathrm{acc} \leftarrow 2^{m_i - m_{\text{new}}}\,\mathrm{acc} + P_j V_j .
+# \begin{aligned}
+# S_j &= Q K_j^\top \cdot \tfrac{1}{\sqrt d}\log_2 e, & m_{\text{new}} &= \max(m_i, \max S_j), \\
+# P_j &= 2^{S_j - m_{\text{new}}}, & \mathrm{acc} &\leftarrow 2^{m_i - m_{\text{new}}}\,\mathrm{acc} + P_j V_j .
+# \end{aligned}
 # \]
 #
 # `tl.dot` multiplies fp16 tiles on the tensor cores with fp32 accumulation; \(P_j\) is rounded to fp16 for the
@@ -52,33 +55,38 @@ def flash_kernel(Q, K, V, Out, n, qk_scale,
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
     base = bh * n * D                                   # contiguous [B·H, n, D]
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=offs_m[:, None] < n, other=0.0)
+    rows = offs_m[:, None] < n                          # the last tile may be partial
+    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows, other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     for start in range(0, n, BLOCK_N):
         keys = start + offs_n
-        k = tl.load(K + base + keys[None, :] * D + offs_d[:, None], mask=keys[None, :] < n, other=0.0)
-        s = tl.dot(q, k) * qk_scale                     # S_j, base-2 logits   [BLOCK_M, BLOCK_N]
-        s = tl.where(keys[None, :] < n, s, float("-inf"))
+        cols = keys[None, :] < n
+        k = tl.load(K + base + keys[None, :] * D + offs_d[:, None], mask=cols, other=0.0)
+        s = tl.dot(q, k) * qk_scale                     # S_j: base-2 logits
+        s = tl.where(cols, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)               # rescales what was accumulated
         p = tl.math.exp2(s - m_new[:, None])            # P_j
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + base + keys[:, None] * D + offs_d[None, :], mask=keys[:, None] < n, other=0.0)
+        v_rows = keys[:, None] < n
+        v = tl.load(V + base + keys[:, None] * D + offs_d[None, :], mask=v_rows, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
         m_i = m_new
     out = acc / l_i[:, None]
-    tl.store(Out + base + offs_m[:, None] * D + offs_d[None, :], out.to(tl.float16), mask=offs_m[:, None] < n)
+    out_ptrs = Out + base + offs_m[:, None] * D + offs_d[None, :]
+    tl.store(out_ptrs, out.to(tl.float16), mask=rows)
 
 
 def flash(q, k, v, block_m=32, block_n=16):
     """q, k, v [B, H, n, D] fp16 (D a power of two >= 16) -> softmax(Q Kᵀ / √D) V."""
     batch, heads, n, d = q.shape
     out = torch.empty_like(q)
-    grid = (triton.cdiv(n, block_m), batch * heads)     # one program per (query tile, batch · head)
-    flash_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), out, n, d**-0.5 * math.log2(math.e),
+    qk_scale = d**-0.5 * math.log2(math.e)              # log2 e folded in
+    grid = (triton.cdiv(n, block_m), batch * heads)     # (query tile, batch·head)
+    flash_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), out, n, qk_scale,
                        BLOCK_M=block_m, BLOCK_N=block_n, D=d)
     return out
 
@@ -93,7 +101,8 @@ def flash(q, k, v, block_m=32, block_n=16):
 
 # %%
 torch.manual_seed(0)
-q, k, v = (torch.randn(1, 2, 77, 32, dtype=torch.float16, device=DEVICE) for _ in range(3))
+shape = (1, 2, 77, 32)                                  # [batch, heads, n, head_dim]
+q, k, v = (torch.randn(shape, dtype=torch.float16, device=DEVICE) for _ in range(3))
 out = flash(q, k, v)
 
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
@@ -101,7 +110,8 @@ emulation = sage_ref.sage_attention(q, k, v, qk_granularity=None, pv="fp16", smo
                                     block_m=32, block_n=16)
 err_kernel = (out.double() - truth).abs().max().item()
 err_emulation = (emulation.double() - truth).abs().max().item()
-print(f"max |kernel - fp64| = {err_kernel:.2e}   max |sage_ref - fp64| = {err_emulation:.2e}")
+print(f"max |kernel - fp64| = {err_kernel:.2e}")
+print(f"max |sage_ref - fp64| = {err_emulation:.2e}")
 assert err_kernel <= 2 * err_emulation
 
 # %% [markdown]
@@ -114,12 +124,14 @@ assert err_kernel <= 2 * err_emulation
 
 # %%
 rung1 = sage_fast.triton.RUNGS[0]
-q, k, v = (torch.randn(1, 2, 100, 64, dtype=torch.float16, device=DEVICE) for _ in range(3))
+shape = (1, 2, 100, 64)
+q, k, v = (torch.randn(shape, dtype=torch.float16, device=DEVICE) for _ in range(3))
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=True)
 out = rung1.forward(q, k, v, is_causal=True, sm_scale=None, return_lse=False)
 ref = rung1.reference(q, k, v, is_causal=True, sm_scale=None, return_lse=False)
 err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
-print(f"{rung1.name}: max |rung - fp64| = {err_rung:.2e}   max |reference - fp64| = {err_ref:.2e}")
+print(f"{rung1.name}: max |rung - fp64| = {err_rung:.2e}, "
+      f"max |reference - fp64| = {err_ref:.2e}")
 assert err_rung <= 2 * err_ref
 
 # %% [markdown]
@@ -132,7 +144,8 @@ RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}: TFLOPS, N = 8192, 32 heads")
-tops = {(r["name"], r["head_dim"], r["causal"]): r["tops"] for r in bench["rows"] if r["n"] == 8192}
+rows = [r for r in bench["rows"] if r["n"] == 8192]
+tops = {(r["name"], r["head_dim"], r["causal"]): r["tops"] for r in rows}
 for name in ("rung1-flash-fp16", "sdpa-flash", "sdpa-cudnn"):
     cells = "  ".join(f"hd{d} {'causal' if c else 'full  '} {tops[name, d, c]:4.0f}"
                       for d in (64, 128) for c in (False, True))
