@@ -25,3 +25,28 @@ def test_site_builds_strict(tmp_path):
     assert (site / "javascripts/katex/katex.min.js").exists()
     assert (site / "javascripts/katex/fonts/KaTeX_Main-Regular.woff2").exists()
     assert "sageattn" in (site / "api/index.html").read_text()
+
+
+
+def test_accuracy_page_is_current():
+    """docs/accuracy.md holds what sage_ref.study computes now: two of its rows recomputed (the script writes all)."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("make_accuracy", ROOT / "docs" / "make_accuracy.py")
+    pytest.importorskip("matplotlib", reason="docs/make_accuracy.py draws with matplotlib (docs extra)")
+    make_accuracy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make_accuracy)
+    from sage_ref.study import run_study
+
+    variants = [dict(qk_granularity=None, smooth_k=False, pv="fp32"), dict(qk_granularity="block", smooth_k=True, pv="fp16")]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the script: the same digits on every machine
+    try:
+        rows = run_study(datasets=("k-bias",), variant_list=variants)
+    finally:
+        torch.set_num_threads(threads)
+    page = (ROOT / "docs" / "accuracy.md").read_text()
+    for line in make_accuracy.table(rows).splitlines()[2:]:
+        assert line in page, f"docs/accuracy.md is stale ({line!r} missing): run python docs/make_accuracy.py"
