@@ -31,13 +31,15 @@ def rungs():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("-causal" if s[6] else ""))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rung_index", range(4))
+@pytest.mark.parametrize("rung_index", range(5))
 def test_numba_rung_on_gpu(rung_index, dtype, shape):
     rung = rungs()[rung_index]
     major, minor = torch.cuda.get_device_capability()
     if major * 10 + minor < rung.min_arch:
         pytest.skip(f"{rung.name} needs sm{rung.min_arch}")
     batch, heads, kv_heads, q_len, kv_len, head_dim, causal = shape
+    if rung.name.startswith("5") and head_dim > 128:
+        pytest.skip("rung 5 takes head_dim <= 128 (its refusal is tested on the CPU)")
     gen = torch.Generator(device="cuda").manual_seed(sum(shape))
     q = torch.randn(batch, heads, q_len, head_dim, device="cuda", generator=gen).to(dtype)
     k = (torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen) + 3).to(dtype)

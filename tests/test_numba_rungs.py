@@ -76,14 +76,24 @@ def test_rung_matches_its_emulation(rung, data):
     check_rung(rung, *data)
 
 
-def test_rung4_without_smoothing():
-    rung = RUNGS[3]
+SAGE_RUNGS = [r for r in RUNGS if r.smooths]
+
+
+@pytest.mark.parametrize("rung", SAGE_RUNGS, ids=lambda r: r.name)
+def test_sage_rungs_without_smoothing(rung):
     check_rung(rung, *fixed(17, 33, head_dim=32, heads=2, kv_heads=1, dtype=torch.bfloat16), smooth_k=False)
 
 
-def test_rung4_spans_tiles():
+@pytest.mark.parametrize("rung", SAGE_RUNGS, ids=lambda r: r.name)
+def test_sage_rungs_span_tiles(rung):
     """More than one 64-row query tile and 64-key tile: per-tile scales, the causal tile bound, barriers."""
-    check_rung(RUNGS[3], *fixed(70, 67, seed=1))
+    check_rung(rung, *fixed(70, 67, seed=1))
+
+
+def test_rung5_refuses_head_dim_over_128():
+    x = torch.randn(1, 1, 4, 160)
+    with pytest.raises(ValueError, match="head_dim 160"):
+        RUNGS[4].forward(x, x, x)
 
 
 @pytest.mark.parametrize("rung", RUNGS, ids=lambda r: r.name)

@@ -5,7 +5,7 @@ barriers); it has no tensor-core or dp4a API, so this ladder teaches the algorit
 hierarchy on the CUDA cores, and the tensor-core story lives in :mod:`sage_fast.triton`.
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal, and the tests
-iterate over it. ``min_arch``: numba-cuda's floor, sm50 (sm53 for rung 4's fp16 conversions). Every rung runs on CUDA tensors, or on CPU tensors under Numba's simulator
+iterate over it. ``min_arch``: numba-cuda's floor, sm50 (sm53 for the fp16 conversions of rungs 4 and 5). Every rung runs on CUDA tensors, or on CPU tensors under Numba's simulator
 (``NUMBA_ENABLE_CUDASIM=1``, set before numba is imported).
 """
 
@@ -14,10 +14,10 @@ from functools import partial
 import sage_ref
 
 from ..triton import Rung
-from . import rung1_naive, rung2_online_row, rung3_shared_tiles, rung4_sage_int8
+from . import rung1_naive, rung2_online_row, rung3_shared_tiles, rung4_sage_int8, rung5_register_tiles
 
 # Rungs 1-3 compute exact attention in fp32: sage_ref.flash_attention (fp32 for fp16/bf16/fp32
-# inputs; its tiles only reorder fp32 roundings). Rung 4 rounds where SageAttention v1 does.
+# inputs; its tiles only reorder fp32 roundings). Rungs 4 and 5 round where SageAttention v1 does.
 RUNGS = (
     Rung("1-naive", rung1_naive.forward, sage_ref.flash_attention, 50, False),
     Rung("2-online-row", rung2_online_row.forward, sage_ref.flash_attention, 50, False),
@@ -30,6 +30,16 @@ RUNGS = (
             block_m=rung4_sage_int8.BLOCK_M, block_n=rung4_sage_int8.BLOCK_N,
         ),  # fmt: skip
         53,  # fp16 conversions
+        True,
+    ),
+    Rung(
+        "5-register-tiles",
+        rung5_register_tiles.forward,
+        partial(
+            sage_ref.sage_attention, qk_granularity="block", pv="fp16",
+            block_m=rung5_register_tiles.BLOCK_M, block_n=rung5_register_tiles.BLOCK_N,
+        ),  # fmt: skip
+        53,
         True,
     ),
 )
