@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -77,6 +78,13 @@ def fp32_peak_tflops():
     return 2 * FMA_CHAINS * FMA_ITERS * blocks * FMA_THREADS / (ms * 1e-3) / 1e12
 
 
+def package_version(name):
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def tops(batch, heads, n, head_dim, ms):
     return 4 * batch * heads * n * n * head_dim / (ms * 1e-3) / 1e12
 
@@ -128,7 +136,7 @@ def main(argv=None):
             prev = {r["n"]: r["ms"] for r in results if r["rung"] == rung.name and r["head_dim"] == head_dim}
     report = dict(
         card=card, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        torch=torch.__version__, numba=numba.__version__, numba_cuda=getattr(cuda, "__version__", None),
+        torch=torch.__version__, numba=numba.__version__, numba_cuda=package_version("numba-cuda"),
         python=platform.python_version(), fp32_peak_tflops=peak, results=results,
         notes="TOPS = 4·B·H·N²·D / (one whole forward call), non-causal, fp16 inputs, B=1, H=8",
     )  # fmt: skip
