@@ -62,9 +62,9 @@ def int8_flash_kernel(Qc, Qs, Kc, Ks, V, Out, n,
     for start in range(0, n, BLOCK_N):
         keys = start + offs_n
         cols = keys[None, :] < n
-        k = tl.load(Kc + base + keys[None, :] * D + offs_d[:, None], mask=cols, other=0)  # int8
+        k = tl.load(Kc + base + keys[None, :] * D + offs_d[:, None], mask=cols, other=0)
         k_scale = tl.load(Ks + bh * tl.cdiv(n, BLOCK_N) + start // BLOCK_N)          # δ_K,j
-        s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)    # int32, exact -> base-2 logits
+        s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)    # exact int32 -> logits
         s = tl.where(cols, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
@@ -102,10 +102,12 @@ def int8_flash(q, k, v, block_m=32, block_n=16):
 # %%
 from sage_ref.study import make_inputs  # noqa: E402
 
-q, k, v = (t.to(DEVICE) for t in make_inputs("k-bias", batch=1, heads=2, seq_len=77, head_dim=32))
+inputs = make_inputs("k-bias", batch=1, heads=2, seq_len=77, head_dim=32)
+q, k, v = (t.to(DEVICE) for t in inputs)
 out = int8_flash(q, k, v)
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
-ref = sage_ref.sage_attention(q, k, v, qk_granularity="block", pv="fp16", block_m=32, block_n=16)
+ref = sage_ref.sage_attention(q, k, v, qk_granularity="block", pv="fp16",
+                              block_m=32, block_n=16)
 err_kernel = (out.double() - truth).abs().max().item()
 err_ref = (ref.double() - truth).abs().max().item()
 print(f"max |INT8 kernel - fp64| = {err_kernel:.2e}")
@@ -128,7 +130,8 @@ truth = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=T
 kwargs = dict(is_causal=True, sm_scale=None, return_lse=False, smooth_k=True)
 out, ref = rung2.forward(q, k, v, **kwargs), rung2.reference(q, k, v, **kwargs)
 err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
-print(f"{rung2.name}: max |rung - fp64| = {err_rung:.2e}, max |reference - fp64| = {err_ref:.2e}")
+print(f"{rung2.name}: max |rung - fp64| = {err_rung:.2e}, "
+      f"max |reference - fp64| = {err_ref:.2e}")
 assert err_rung <= 2 * err_ref
 
 # %% [markdown]
@@ -141,7 +144,8 @@ assert err_rung <= 2 * err_ref
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
-print(f"{env['card']}, triton {env['triton']}, {env['date']}: TFLOPS, head_dim 128, non-causal")
+print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
+print("TFLOPS, head_dim 128, non-causal")
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 names = {"rung1-flash-fp16": "rung 1 (fp16)", "kernel-only-fp16": "INT8 kernel alone",

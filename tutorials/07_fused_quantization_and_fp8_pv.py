@@ -47,12 +47,15 @@ def quantize_rows_kernel(X, Codes, Scale, n, BLOCK: tl.constexpr, D: tl.constexp
     tile = tl.program_id(0)
     offs = tile * BLOCK + tl.arange(0, BLOCK)
     rows = offs[:, None] < n
-    x = tl.load(X + offs[:, None] * D + tl.arange(0, D)[None, :], mask=rows, other=0.0)
+    ptrs = offs[:, None] * D + tl.arange(0, D)[None, :]
+    x = tl.load(X + ptrs, mask=rows, other=0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
-    inv = tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, tl.where(amax == 0.0, 1.0, amax)))
+    safe = tl.where(amax == 0.0, 1.0, amax)            # an all-zero tile gets codes 0
+    inv = tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, safe))
     xs = x * inv
-    codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)  # the cast truncates: round half away
-    tl.store(Codes + offs[:, None] * D + tl.arange(0, D)[None, :], codes, mask=rows)
+    # The cast truncates, so adding ±0.5 first rounds halves away from zero.
+    codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)
+    tl.store(Codes + ptrs, codes, mask=rows)
     tl.store(Scale + tile, tl.math.div_rn(amax, 127.0))
 
 
@@ -63,8 +66,9 @@ scale = torch.empty(triton.cdiv(n, block), device=DEVICE)
 quantize_rows_kernel[(triton.cdiv(n, block),)](x, codes, scale, n, BLOCK=block, D=d)
 
 expected = sage_ref.quantize_int8(x[None, None], granularity="block", block_size=block)
-assert torch.equal(codes, expected.codes[0, 0]) and torch.equal(scale, expected.scale[0, 0])
-print(f"{n} rows in {scale.numel()} tiles: codes and scales equal sage_ref's, bit for bit")
+assert torch.equal(codes, expected.codes[0, 0])
+assert torch.equal(scale, expected.scale[0, 0])
+print(f"{n} rows, {scale.numel()} tiles: codes and scales equal sage_ref's bit for bit")
 
 # %% [markdown]
 # The project's `sage_fast.triton.quant` does the same for Q (with \(\tfrac{1}{\sqrt d}\log_2 e\) folded in),
@@ -73,10 +77,11 @@ print(f"{n} rows in {scale.numel()} tiles: codes and scales equal sage_ref's, bi
 
 # %%
 q = torch.randn(1, 2, 100, 64, dtype=torch.float16, device=DEVICE)
-q_int8, q_scale, _ = quant.quantize_q(q, sm_scale=64**-0.5, block_m=64, head_dim_padded=64)
-q_hat = sage_ref.quantize_int8(q.float() * (64**-0.5 * 1.4426950408889634), "block", 64)
+sm_scale = 64**-0.5
+q_int8, q_scale, _ = quant.quantize_q(q, sm_scale=sm_scale, block_m=64, head_dim_padded=64)
+q_hat = sage_ref.quantize_int8(q.float() * (sm_scale * 1.4426950408889634), "block", 64)
 assert torch.equal(q_int8, q_hat.codes) and torch.equal(q_scale, q_hat.scale)
-print("sage_fast.triton.quant.quantize_q == sage_ref.quantize_int8: bit-identical")
+print("quant.quantize_q == sage_ref.quantize_int8: bit-identical")
 
 # %% [markdown]
 # ## P in fp8: why times 448
@@ -138,7 +143,8 @@ assert err_rung <= 2 * err_ref
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 breakdown = json.loads((RESULTS / "breakdown-h200-2026-11-26.json").read_text())
 env = breakdown["environment"]
-print(f"{env['card']}, triton {env['triton']}, {env['date']}: ms per part, B·N = 16k, 32 heads")
+print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
+print("ms per part, B·N = 16k, 32 heads")
 parts = list(dict.fromkeys(r["part"] for r in breakdown["rows"]))
 ms = {(r["part"], r["n"]): r["ms"] for r in breakdown["rows"]}
 print(f"  {'':20s} {'N = 1024':>9} {'N = 8192':>9}")
@@ -149,7 +155,8 @@ bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 names = {"sdpa-cudnn": "SDPA cuDNN", "sageattention-1.0.6": "1.0.6",
-         "rung3-fused-quant": "rung 3", "rung4-fp8-pv": "rung 4", "sageattn-fp8": "sageattn fp8"}
+         "rung3-fused-quant": "rung 3", "rung4-fp8-pv": "rung 4",
+         "sageattn-fp8": "sageattn fp8"}
 print("TFLOPS, head_dim 128, non-causal")
 print("      N  " + "".join(f"{label:>14}" for label in names.values()))
 for n in (1024, 8192, 32768):

@@ -97,11 +97,13 @@ def sage(q, k, v, is_causal):
 
 with torch.no_grad():
     logits_fp16 = model(tokens, attention=sage)
-print(f"pv=fp16: logits 1 - cosine = {1 - sage_ref.cosine_similarity(logits_fp16, logits_ref):.1e}")
+cos = sage_ref.cosine_similarity(logits_fp16, logits_ref)
+print(f"pv=fp16: logits 1 - cosine = {1 - cos:.1e}")
 
 q, k, v = (torch.randn(1, 2, 4, 32, device=DEVICE) for _ in range(3))
 k8, v8 = torch.randn(1, 2, 8, 32, device=DEVICE), torch.randn(1, 2, 8, 32, device=DEVICE)
-decode = sage_fast.sageattn(q, k8, v8, is_causal=True, pv="fp16")  # 4 new queries, 8 cached keys
+# 4 new queries attend to an 8-key cache
+decode = sage_fast.sageattn(q, k8, v8, is_causal=True, pv="fp16")
 truth = sage_ref.naive_attention(q.double(), k8.double(), v8.double(), is_causal=True)
 cos = sage_ref.cosine_similarity(decode, truth)
 print(f"4 queries over an 8-key cache, bottom-right causal: cosine {cos:.6f}")
