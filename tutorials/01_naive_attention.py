@@ -86,7 +86,7 @@ assert torch.allclose(causal, expected)
 # %% [markdown]
 # ## Why this does not scale
 #
-# \(S\) has \(N \times N\) entries per head. Computing it costs \(2 N^2 d\) multiply-adds per head, and so does
+# \(S\) has \(N \times N\) entries per head. Computing it costs \(N^2 d\) multiply-adds, \(2 N^2 d\) FLOPs per head, and so does
 # \(P V\): \(4 N^2 d\) FLOPs in all, quadratic in the sequence length, while the rest of a transformer layer is
 # linear in it. Storing \(S\) in fp16 is worse still:
 
