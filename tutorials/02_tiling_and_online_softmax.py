@@ -31,9 +31,10 @@ truth = sage_ref.naive_attention(q, k, v)
 # \(j\) raises the maximum, everything accumulated so far is rescaled by \(\alpha = e^{m_{\text{old}} - m_{\text{new}}}\):
 #
 # \[
-# m_{\text{new}} = \max(m_i, \max_j S_j), \quad P_j = e^{S_j - m_{\text{new}}}, \quad
-# \ell_i \leftarrow \alpha\,\ell_i + \textstyle\sum P_j, \quad
-# \mathrm{acc} \leftarrow \alpha\,\mathrm{acc} + P_j V_j .
+# \begin{aligned}
+# m_{\text{new}} &= \max(m_i, \max_j S_j), & P_j &= e^{S_j - m_{\text{new}}}, \\
+# \ell_i &\leftarrow \alpha\,\ell_i + \textstyle\sum P_j, & \mathrm{acc} &\leftarrow \alpha\,\mathrm{acc} + P_j V_j .
+# \end{aligned}
 # \]
 #
 # At the end, \(O = \mathrm{acc} / \ell_i\). Every quantity but the current block is a vector per row.
