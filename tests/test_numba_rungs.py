@@ -108,3 +108,17 @@ def test_refuses_bad_input(rung):
         rung.forward(torch.randn(1, 3, 4, 16), q.expand(1, 2, 4, 16), q.expand(1, 2, 4, 16))
     with pytest.raises(TypeError, match="is_causal"):
         rung.forward(q, q, q, is_causal=1)
+
+
+def test_fastest_rung_on_strided_views():
+    """sage_fast.numba.forward (what sageattn's implementation="numba" would call) on NHD-transposed views."""
+    import sage_fast.numba as ladder
+
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(1, 19, 2, 16, generator=gen).half().transpose(1, 2)  # [B, H, N, D] views of [B, N, H, D]
+    k = (torch.randn(1, 23, 1, 16, generator=gen) + 2).half().transpose(1, 2)
+    v = torch.randn(1, 23, 1, 16, generator=gen).half().transpose(1, 2)
+    out, lse = ladder.forward(q, k, v, is_causal=True, return_lse=True)
+    emul, emul_lse = ladder.reference_for(16)(q, k, v, is_causal=True, return_lse=True)
+    assert out.shape == q.shape and (out.double() - emul.double()).abs().max() <= output_noise(q.dtype, v)
+    torch.testing.assert_close(lse, emul_lse, rtol=0, atol=1e-5)

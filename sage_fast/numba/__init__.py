@@ -43,3 +43,19 @@ RUNGS = (
         True,
     ),
 )
+
+
+def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
+    """The fastest Numba rung for these inputs: rung 5 up to head_dim 128, rung 4 above (up to 256).
+
+    q [B, H, Nq, D], k, v [B, Hkv, Nkv, D], any strides (the rungs copy to contiguous fp32/int8/fp16
+    buffers). Equals ``sage_ref.sage_attention(qk_granularity="block", pv="fp16")`` with that rung's
+    blocks (``reference_for(head_dim)``). No attention masks: callers must refuse them.
+    """
+    rung = RUNGS[4] if q.shape[-1] <= rung5_register_tiles.MAX_HEAD_DIM else RUNGS[3]
+    return rung.forward(q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse)
+
+
+def reference_for(head_dim: int):
+    """The sage_ref emulation :func:`forward` is held to at this head_dim."""
+    return (RUNGS[4] if head_dim <= rung5_register_tiles.MAX_HEAD_DIM else RUNGS[3]).reference
