@@ -26,9 +26,12 @@ RUNGS = (
         "4-sage-int8",
         rung4_sage_int8.forward,
         partial(
-            sage_ref.sage_attention, qk_granularity="block", pv="fp16",
-            block_m=rung4_sage_int8.BLOCK_M, block_n=rung4_sage_int8.BLOCK_N,
-        ),  # fmt: skip
+            sage_ref.sage_attention,
+            qk_granularity="block",
+            pv="fp16",
+            block_m=rung4_sage_int8.BLOCK_M,
+            block_n=rung4_sage_int8.BLOCK_N,
+        ),
         53,  # fp16 conversions
         True,
     ),
@@ -36,9 +39,12 @@ RUNGS = (
         "5-register-tiles",
         rung5_register_tiles.forward,
         partial(
-            sage_ref.sage_attention, qk_granularity="block", pv="fp16",
-            block_m=rung5_register_tiles.BLOCK_M, block_n=rung5_register_tiles.BLOCK_N,
-        ),  # fmt: skip
+            sage_ref.sage_attention,
+            qk_granularity="block",
+            pv="fp16",
+            block_m=rung5_register_tiles.BLOCK_M,
+            block_n=rung5_register_tiles.BLOCK_N,
+        ),
         53,
         True,
     ),

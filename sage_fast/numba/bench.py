@@ -112,13 +112,18 @@ def main(argv=None):
                 q = torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen).half()
                 k = (torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen) + 3).half()
                 v = torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen).half()
-                call = lambda: rung.forward(q, k, v)  # noqa: E731
+
+                def call(rung=rung, q=q, k=k, v=v):
+                    return rung.forward(q, k, v)
+
                 first = time_ms(call, 1)  # compiles on the first size
                 second = time_ms(call, 1)
                 ms = time_ms(call, max(1, min(5, int(2000 / second)))) if second < 2000 else second
                 t = tops(batch, heads, n, head_dim, ms)
-                row = dict(rung=rung.name, head_dim=head_dim, n=n, batch=batch, heads=heads, ms=ms, tops=t,
-                           fraction_of_fp32_peak=t / peak, first_call_ms=first)  # fmt: skip
+                row = {
+                    "rung": rung.name, "head_dim": head_dim, "n": n, "batch": batch, "heads": heads, "ms": ms,
+                    "tops": t, "fraction_of_fp32_peak": t / peak, "first_call_ms": first,
+                }  # fmt: skip
                 below = prev.get(n)
                 row["speedup_over_previous_rung"] = None if below is None else below / ms
                 results.append(row)
@@ -128,18 +133,22 @@ def main(argv=None):
                     + ("" if below is None else f"  x{below / ms:.2f} vs previous rung"),
                     flush=True,
                 )
-                del q, k, v
                 if 4 * ms > 6000:  # attention is quadratic: the next N would take over ~6 s a call
                     print(f"  {rung.name}: {ms / 1000:.1f} s per call, skipping larger N", flush=True)
                     break
             # the next rung compares with this one at every N it measured
             prev = {r["n"]: r["ms"] for r in results if r["rung"] == rung.name and r["head_dim"] == head_dim}
-    report = dict(
-        card=card, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        torch=torch.__version__, numba=numba.__version__, numba_cuda=package_version("numba-cuda"),
-        python=platform.python_version(), fp32_peak_tflops=peak, results=results,
-        notes="TOPS = 4·B·H·N²·D / (one whole forward call), non-causal, fp16 inputs, B=1, H=8",
-    )  # fmt: skip
+    report = {
+        "card": card,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+        "numba": numba.__version__,
+        "numba_cuda": package_version("numba-cuda"),
+        "python": platform.python_version(),
+        "fp32_peak_tflops": peak,
+        "results": results,
+        "notes": "TOPS = 4·B·H·N²·D / (one whole forward call), non-causal, fp16 inputs, B=1, H=8",
+    }
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / "bench-numba.json"
     path.write_text(json.dumps(report, indent=1))

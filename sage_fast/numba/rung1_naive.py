@@ -91,7 +91,15 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, return_lse=False):
     lse = empty_f32(B, H, Nq, device=q.device)
     Qa, Ka, Va, Sa, Oa, La = map(as_kernel_array, (qf, kf, vf, s, out, lse))
     scores_kernel[(ceil_div(Nkv, TILE), ceil_div(Nq, TILE), B * H), (TILE, TILE, 1)](
-        Qa, Ka, Sa, shape.group, Nq, Nkv, D, np.float32(scale), is_causal  # an fp32 scalar: fp32 math
+        Qa,
+        Ka,
+        Sa,
+        shape.group,
+        Nq,
+        Nkv,
+        D,
+        np.float32(scale),
+        is_causal,  # an fp32 scalar: fp32 math
     )
     softmax_kernel[(ceil_div(Nq, ROWS), B * H), (ROWS, 1)](Sa, La, Nq, Nkv)
     pv_kernel[(ceil_div(D, TILE), ceil_div(Nq, TILE), B * H), (TILE, TILE, 1)](Sa, Va, Oa, shape.group, Nq, Nkv, D)

@@ -22,7 +22,17 @@ import numpy as np
 from numba import cuda
 
 from .common import (
-    LOG2E, MAX_HEAD_DIM, NEG_INF, ONE, ZERO, as_kernel_array, ceil_div, check_args, empty_f32, finish, fp32,
+    LOG2E,
+    MAX_HEAD_DIM,
+    NEG_INF,
+    ONE,
+    ZERO,
+    as_kernel_array,
+    ceil_div,
+    check_args,
+    empty_f32,
+    finish,
+    fp32,
 )  # fmt: skip
 
 ROWS = 64  # threads (query rows) per block
@@ -42,7 +52,7 @@ def online_row_kernel(Q, K, V, Out, Lse2, group, q_len, kv_len, head_dim, qk_sca
         q_row[d] = Q[b, h, i, d] * qk_scale2  # base-2 logits: sm_scale · log2 e folded in once
         acc[d] = ZERO
     m = NEG_INF
-    l = ZERO  # noqa: E741 (the paper's name)
+    l = ZERO
     hi = kv_len
     if is_causal:  # bottom-right aligned: query i sees keys j <= i + kv_len - q_len
         hi = min(kv_len, max(0, i + kv_len - q_len + 1))
@@ -53,7 +63,7 @@ def online_row_kernel(Q, K, V, Out, Lse2, group, q_len, kv_len, head_dim, qk_sca
         m_new = max(m, s)
         alpha = math.exp2(m - m_new)  # m = -inf before the first key: alpha = 0, and acc is 0 anyway
         p = math.exp2(s - m_new)
-        l = l * alpha + p  # noqa: E741
+        l = l * alpha + p
         for d in range(head_dim):
             acc[d] = acc[d] * alpha + p * V[b, kv_h, j, d]
         m = m_new

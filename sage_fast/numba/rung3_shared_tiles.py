@@ -28,7 +28,17 @@ import numpy as np
 from numba import cuda
 
 from .common import (
-    LOG2E, NEG_INF, ONE, ZERO, as_kernel_array, ceil_div, check_args, empty_f32, finish, fp32, head_dim_bucket,
+    LOG2E,
+    NEG_INF,
+    ONE,
+    ZERO,
+    as_kernel_array,
+    ceil_div,
+    check_args,
+    empty_f32,
+    finish,
+    fp32,
+    head_dim_bucket,
 )  # fmt: skip
 
 BLOCK_M = 64  # query rows (= threads) per block
@@ -39,7 +49,7 @@ def block_n_for(head_dim_padded: int) -> int:
     return min(64, 4096 // head_dim_padded)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernel(HEAD_DIM: int):
     """The kernel for head_dim <= HEAD_DIM (closure constants are compile-time constants to Numba)."""
     BLOCK_N = block_n_for(HEAD_DIM)
@@ -64,7 +74,7 @@ def build_kernel(HEAD_DIM: int):
             q_row[d] = Q[b, h, i, d] * qk_scale2 if row_ok else ZERO
             acc[d] = ZERO
         m = NEG_INF
-        l = ZERO  # noqa: E741
+        l = ZERO
         # The keys the block needs: with a bottom-right causal mask, up to the last row's diagonal.
         # Every thread runs the same number of tiles, since all of them meet at the barriers.
         hi = kv_len
@@ -93,12 +103,12 @@ def build_kernel(HEAD_DIM: int):
                 # No visible key yet: shift by 0 so exp2(-inf - -inf) never makes NaN.
                 m_safe = ZERO if m_new == NEG_INF else m_new
                 alpha = math.exp2(m - m_safe)
-                l = l * alpha  # noqa: E741
+                l = l * alpha
                 for d in range(head_dim):
                     acc[d] *= alpha
                 for jj in range(BLOCK_N):
                     p = math.exp2(s[jj] - m_safe)
-                    l += p  # noqa: E741
+                    l += p
                     for d in range(head_dim):
                         acc[d] += p * v_tile[jj, d]
                 m = m_new

@@ -42,7 +42,7 @@ BLOCK_M = 64  # query rows (= threads) per block, and Q's quantization block
 BLOCK_N = 64  # keys per tile, and K's quantization block
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernel(HEAD_DIM: int):
     """The kernel for head_dim <= HEAD_DIM. Shared memory: BLOCK_N · HEAD_DIM · (1 + 2) bytes (48 KiB at 256)."""
 
@@ -69,7 +69,7 @@ def build_kernel(HEAD_DIM: int):
             acc[d] = ZERO
         q_scale = Qs[b, h, tile_m]  # the block's scale: sm_scale · log2 e is inside it
         m = NEG_INF
-        l = ZERO  # noqa: E741
+        l = ZERO
         hi = kv_len
         if is_causal:
             hi = min(kv_len, max(0, min(start_m + BLOCK_M, q_len) + kv_len - q_len))
@@ -96,10 +96,10 @@ def build_kernel(HEAD_DIM: int):
                         s[jj] = NEG_INF
                 m_safe = ZERO if m_new == NEG_INF else m_new
                 alpha = math.exp2(m - m_safe)
-                l = l * alpha  # noqa: E741
+                l = l * alpha
                 for jj in range(BLOCK_N):
                     p = math.exp2(s[jj] - m_safe)
-                    l += p  # noqa: E741  (l sums the fp32 P; only the P·V product sees fp16)
+                    l += p
                     p16[jj] = np.float16(p)
                 for d in range(head_dim):
                     acc16 = np.float16(ZERO)  # (an np.float16 global constant makes invalid NVVM IR)

@@ -44,7 +44,7 @@ MAX_HEAD_DIM = 128
 S_STRIDE = BLOCK_N + 1  # S tile row stride: +1 puts a column's rows in different banks (a compile-time constant)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def build_kernel(HEAD_DIM: int):
     """The kernel for head_dim <= HEAD_DIM (a power of two, 16..128)."""
     RD = max(1, HEAD_DIM // THREADS)  # channels per thread in the P·V tile
@@ -108,7 +108,9 @@ def build_kernel(HEAD_DIM: int):
                 for c in range(RN):
                     j = start_n + tx + THREADS * c
                     visible = i < q_len and j < kv_len and (not is_causal or j <= i + kv_len - q_len)
-                    s_tile[ty + THREADS * r, tx + THREADS * c] = np.float32(dots[r, c]) * qk_scale if visible else NEG_INF
+                    s_tile[ty + THREADS * r, tx + THREADS * c] = (
+                        np.float32(dots[r, c]) * qk_scale if visible else NEG_INF
+                    )
             cuda.syncthreads()
             # Phase 2: one thread per query row updates m and l and writes P in fp16.
             if tid < BLOCK_M:
@@ -145,14 +147,14 @@ def build_kernel(HEAD_DIM: int):
             row = ty + THREADS * r
             i = start_m + row
             if i < q_len:
-                l = l_row[row]  # noqa: E741
+                l = l_row[row]
                 inv = ONE if l == ZERO else ONE / l
                 for c in range(RD):
                     d = tx + THREADS * c
                     if d < head_dim:
                         Out[b, h, i, d] = acc[r, c] * inv
         if tid < BLOCK_M and start_m + tid < q_len:
-            l = l_row[tid]  # noqa: E741
+            l = l_row[tid]
             Lse2[b, h, start_m + tid] = NEG_INF if l == ZERO else m_row[tid] + math.log2(l)
 
     return tiled_kernel
