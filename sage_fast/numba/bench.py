@@ -89,11 +89,41 @@ def tops(batch, heads, n, head_dim, ms):
     return 4 * batch * heads * n * n * head_dim / (ms * 1e-3) / 1e12
 
 
+def render(data) -> str:
+    """The markdown of docs/benchmarks-numba.md from a bench-numba.json: every number from the JSON."""
+    lines = [
+        "# Benchmarks: the Numba ladder",
+        "",
+        f"Measured on **{data['card']}** ({data['date'][:10]}), torch {data['torch']}, numba {data['numba']}, "
+        f"numba-cuda {data['numba_cuda']}, with `python -m sage_fast.numba.bench` "
+        "(raw numbers: `docs/results/bench-numba-*.json`).",
+        f"{data['notes']}. FP32 CUDA-core peak measured in the same run by an FMA microbenchmark: "
+        f"{data['fp32_peak_tflops']:.1f} TFLOPS (2 operations per FMA).",
+        "",
+    ]
+    for head_dim in sorted({r["head_dim"] for r in data["results"]}):
+        lines += [f"## head_dim {head_dim}", "", "| rung | N | ms | TOPS | of FP32 peak | vs previous rung |", "|---|---|---|---|---|---|"]
+        for r in data["results"]:
+            if r["head_dim"] == head_dim:
+                speedup = r["speedup_over_previous_rung"]
+                lines.append(
+                    f"| {r['rung']} | {r['n']} | {r['ms']:.2f} | {r['tops']:.2f} | {100 * r['fraction_of_fp32_peak']:.1f} % | "
+                    + ("–" if speedup is None else f"{speedup:.2f}×") + " |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--sizes", default="1024,2048,4096,8192")
+    parser.add_argument("--report", metavar="JSON", help="print the markdown page of a bench-numba.json and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        with open(args.report) as f:
+            print(render(json.load(f)))
+        return 0
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure (the simulator is for correctness only)")
         return 0
