@@ -26,7 +26,7 @@ from .triton import attn_int8, rung3_fused_quant, rung4_fp8_pv
 
 LAYOUTS = ("HND", "NHD")
 PV_CHOICES = ("auto", "fp16", "fp8")
-IMPLEMENTATIONS = ("auto", "triton", "reference")
+IMPLEMENTATIONS = ("auto", "triton", "numba", "reference")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 e4m3 tensor cores: Ada (sm89) and Hopper (sm90)
 PV_RUNGS = {"fp16": rung3_fused_quant, "fp8": rung4_fp8_pv}  # each module's BLOCK_M/N are its quantization blocks
@@ -56,11 +56,16 @@ def sageattn_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated HND views in, (out like ``torch.empty_like(q)``, lse [B,H,Nq] fp32 or an empty [0]) out.
 
-    backend "triton" runs rung 3 (pv "fp16") or rung 4 (pv "fp8"); "reference" their sage_ref emulation.
+    backend "triton" runs rung 3 (pv "fp16") or rung 4 (pv "fp8"); "numba" the fastest Numba rung
+    (``sage_fast.numba.forward``, fp16 P·V, no masks); "reference" the Triton rungs' sage_ref emulation.
     """
     kwargs = dict(is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask, return_lse=return_lse)
     if backend == "triton":
         result = PV_RUNGS[pv].forward(q, k, v, **kwargs)
+    elif backend == "numba":
+        from . import numba as numba_ladder  # imported on first use: numba's import is slow
+
+        result = numba_ladder.forward(q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse)
     else:
         result = reference_forward(q, k, v, pv=pv, **kwargs)
     out, lse = result if return_lse else (result, None)
@@ -161,11 +166,13 @@ def sageattn(
     return_lse : bool
         Also return the natural-log log-sum-exp of each row's (masked) logits, of the original Q and
         K (not the smoothed K), [batch, heads, q_len] float32 in every layout.
-    implementation : {"auto", "triton", "reference"}
+    implementation : {"auto", "triton", "numba", "reference"}
         "triton": the fused Triton kernels (on CPU tensors only under Triton's interpreter, i.e. with
-        TRITON_INTERPRET=1 set before sage_fast is imported). "reference": the sage_ref emulation of
-        those kernels (same blocks, same rounding; any device, slow). "auto": "triton" for CUDA
-        tensors, "reference" otherwise.
+        TRITON_INTERPRET=1 set before sage_fast is imported). "numba": the Numba-CUDA ladder's fastest
+        rung (a teaching kernel, far slower; fp16 P·V, no ``attn_mask``; on CPU only under Numba's
+        simulator, NUMBA_ENABLE_CUDASIM=1). "reference": the sage_ref emulation of the Triton kernels
+        (same blocks, same rounding; any device, slow). "auto": "triton" for CUDA tensors,
+        "reference" otherwise.
 
     Returns
     -------
@@ -216,9 +223,16 @@ def sageattn(
                 f"implementation='triton' needs CUDA tensors (q is on {q.device}) or Triton's CPU interpreter: "
                 "set TRITON_INTERPRET=1 before importing sage_fast, or use implementation='reference'"
             )
+    elif backend == "numba":
+        if q.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"q has dtype {q.dtype}; implementation='numba' takes float16/bfloat16/float32")
+        if attn_mask is not None:
+            raise ValueError("attn_mask is not supported by implementation='numba'; use 'triton' or 'reference'")
+        if pv == "fp8":
+            raise ValueError("pv='fp8' is not supported by implementation='numba' (its P·V is fp16); use 'fp16' or 'auto'")
     elif implementation == "auto" and q.dtype not in KERNEL_DTYPES:
         raise TypeError(f"q has dtype {q.dtype}; float64 is only for implementation='reference'")
-    pv = resolve_pv(pv, q.device, backend)
+    pv = "fp16" if backend == "numba" else resolve_pv(pv, q.device, backend)
 
     out, lse = torch.ops.sage_fast.sageattn(q, k, v, attn_mask, is_causal, scale, smooth_k, pv, return_lse, backend)
     if tensor_layout == "NHD":

@@ -223,7 +223,7 @@ BAD_CALLS = [
     (dict(sm_scale="0.1"), TypeError, "sm_scale"),
     (dict(sm_scale=float("nan")), ValueError, "sm_scale"),
     (dict(pv="int8"), ValueError, "pv"),
-    (dict(implementation="numba"), ValueError, "implementation"),
+    (dict(implementation="cuda"), ValueError, "implementation"),
     (dict(attn_mask=torch.zeros(9, 10)), ValueError, "attn_mask"),
     (dict(attn_mask=torch.zeros(9, 9, dtype=torch.int64)), TypeError, "attn_mask"),
     (dict(q=torch.zeros(1, 2, 9, 8, dtype=torch.float64), implementation="triton"), TypeError, "float64"),
