@@ -133,12 +133,12 @@ def run_gpu(quick):
                     for _ in range(3)
                 )
                 truth = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-                clone_ms = do_bench(lambda: k.clone(), warmup=25, rep=100, return_mode="median")
+                clone_ms = do_bench(lambda k=k: k.clone(), warmup=25, rep=100, return_mode="median")
                 timed = dict(impls)
                 timed["kernel-only-fp16"] = kernel_only(q, k, v, causal, v_fp8=False)
                 timed["kernel-only-fp8"] = kernel_only(q, k, v, causal, v_fp8=True)
                 for name, fn in timed.items():
-                    call = fn if name.startswith("kernel-only") else (lambda fn=fn: fn(q, k, v))
+                    call = fn if name.startswith("kernel-only") else (lambda fn=fn, q=q, k=k, v=v: fn(q, k, v))
                     try:
                         out = call()
                         ms = do_bench(call, warmup=25, rep=100, return_mode="median")
