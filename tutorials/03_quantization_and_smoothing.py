@@ -10,7 +10,6 @@ You will learn:
 
 # %%
 import json
-import math
 from pathlib import Path
 
 import torch
