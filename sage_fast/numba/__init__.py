@@ -16,52 +16,39 @@ import sage_ref
 from ..triton import Rung
 from . import rung1_naive, rung2_online_row, rung3_shared_tiles, rung4_sage_int8, rung5_register_tiles
 
+def _sage_ref(module):
+    """SageAttention v1's rounding with the rung's blocks as quantization blocks."""
+    return partial(sage_ref.sage_attention, qk_granularity="block", pv="fp16", block_m=module.BLOCK_M, block_n=module.BLOCK_N)
+
+
 # Rungs 1-3 compute exact attention in fp32: sage_ref.flash_attention (fp32 for fp16/bf16/fp32
-# inputs; its tiles only reorder fp32 roundings). Rungs 4 and 5 round where SageAttention v1 does.
+# inputs; its tiles only reorder fp32 roundings). Rungs 4 and 5 round where SageAttention v1 does
+# (min_arch 53: their fp16 conversions).
 RUNGS = (
     Rung("1-naive", rung1_naive.forward, sage_ref.flash_attention, 50, False),
     Rung("2-online-row", rung2_online_row.forward, sage_ref.flash_attention, 50, False),
     Rung("3-shared-tiles", rung3_shared_tiles.forward, sage_ref.flash_attention, 50, False),
-    Rung(
-        "4-sage-int8",
-        rung4_sage_int8.forward,
-        partial(
-            sage_ref.sage_attention,
-            qk_granularity="block",
-            pv="fp16",
-            block_m=rung4_sage_int8.BLOCK_M,
-            block_n=rung4_sage_int8.BLOCK_N,
-        ),
-        53,  # fp16 conversions
-        True,
-    ),
-    Rung(
-        "5-register-tiles",
-        rung5_register_tiles.forward,
-        partial(
-            sage_ref.sage_attention,
-            qk_granularity="block",
-            pv="fp16",
-            block_m=rung5_register_tiles.BLOCK_M,
-            block_n=rung5_register_tiles.BLOCK_N,
-        ),
-        53,
-        True,
-    ),
+    Rung("4-sage-int8", rung4_sage_int8.forward, _sage_ref(rung4_sage_int8), 53, True),
+    Rung("5-register-tiles", rung5_register_tiles.forward, _sage_ref(rung5_register_tiles), 53, True),
 )
 
 
+def fastest_rung(head_dim: int) -> Rung:
+    """Rung 5 up to its head_dim limit (128), rung 4 above (up to 256)."""
+    return RUNGS[4] if head_dim <= rung5_register_tiles.MAX_HEAD_DIM else RUNGS[3]
+
+
 def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
-    """The fastest Numba rung for these inputs: rung 5 up to head_dim 128, rung 4 above (up to 256).
+    """The fastest Numba rung for these inputs (:func:`fastest_rung`).
 
     q [B, H, Nq, D], k, v [B, Hkv, Nkv, D], any strides (the rungs copy to contiguous fp32/int8/fp16
     buffers). Equals ``sage_ref.sage_attention(qk_granularity="block", pv="fp16")`` with that rung's
     blocks (``reference_for(head_dim)``). No attention masks: callers must refuse them.
     """
-    rung = RUNGS[4] if q.shape[-1] <= rung5_register_tiles.MAX_HEAD_DIM else RUNGS[3]
+    rung = fastest_rung(q.shape[-1])
     return rung.forward(q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, return_lse=return_lse)
 
 
 def reference_for(head_dim: int):
     """The sage_ref emulation :func:`forward` is held to at this head_dim."""
-    return (RUNGS[4] if head_dim <= rung5_register_tiles.MAX_HEAD_DIM else RUNGS[3]).reference
+    return fastest_rung(head_dim).reference
