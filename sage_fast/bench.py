@@ -75,12 +75,12 @@ def implementations(causal):
 def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
     from sage_fast.triton import attn_int8, rung3_fused_quant, rung4_fp8_pv
-    from sage_fast.triton.launch import head_dim_block
+    from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
     tiles = tiles or (rung4_fp8_pv.TILES if v_fp8 else rung3_fused_quant.TILES)
     block_m, block_n = tiles.block_m, tiles.block_n
-    dp = head_dim_block(max(q.shape[-1], 32))
+    dp = head_dim_block(q.shape[-1], INT8_MIN_HEAD_DIM)
     kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
     q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=block_m, head_dim_padded=dp)
     vv = kv["v_fp8_t"] if v_fp8 else v
@@ -165,14 +165,14 @@ def quant_breakdown():
     from triton.testing import do_bench
 
     from sage_fast.triton import rung4_fp8_pv as r4
-    from sage_fast.triton.launch import head_dim_block
+    from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
     rows = []
     for n in (1024, 8192):
         batch, heads, head_dim = 16384 // n, 32, 128
         q, k, v = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.float16) for _ in range(3))
-        dp = head_dim_block(head_dim)
+        dp = head_dim_block(head_dim, INT8_MIN_HEAD_DIM)
         parts = {
             "quantize_kv": lambda: quantize_kv(k, v, block_n=r4.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=True),
             "quantize_q": lambda: quantize_q(q, sm_scale=head_dim**-0.5, block_m=r4.BLOCK_M, head_dim_padded=dp),

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import sage_ref
 from sage_fast.triton import RUNGS
-from sage_fast.triton.launch import head_dim_block
+from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
 from sage_fast.triton.quant import quantize_kv, quantize_q
 
 LENGTHS = st.one_of(st.sampled_from([1, 63, 64, 65, 77, 128, 129]), st.integers(1, 140))
@@ -83,7 +83,7 @@ def test_quantization_kernels_equal_sage_ref(data, block):
     """
     q, k, v, _ = data
     block_m, block_n = block
-    dp = head_dim_block(max(q.shape[-1], 32))
+    dp = head_dim_block(q.shape[-1], INT8_MIN_HEAD_DIM)
     pad = dp - q.shape[-1]
     with poisoned_allocations():
         kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=True)

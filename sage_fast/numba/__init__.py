@@ -16,6 +16,7 @@ import sage_ref
 from ..triton import Rung
 from . import rung1_naive, rung2_online_row, rung3_shared_tiles, rung4_sage_int8, rung5_register_tiles
 
+
 def _sage_ref(module):
     """SageAttention v1's rounding with the rung's blocks as quantization blocks."""
     return partial(sage_ref.sage_attention, qk_granularity="block", pv="fp16", block_m=module.BLOCK_M, block_n=module.BLOCK_N)

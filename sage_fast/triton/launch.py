@@ -14,9 +14,13 @@ def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
-def head_dim_block(head_dim: int) -> int:
-    """The kernels' HEAD_DIM tile: a power of two >= 16 (tensor-core K step); extra channels are masked."""
-    return max(16, triton.next_power_of_2(head_dim))
+def head_dim_block(head_dim: int, minimum: int = 16) -> int:
+    """The kernels' HEAD_DIM tile: a power of two >= ``minimum`` (the tensor-core K step: 16 for fp16,
+    32 for int8, see :data:`INT8_MIN_HEAD_DIM`); the extra channels are masked or zero-padded."""
+    return max(minimum, triton.next_power_of_2(head_dim))
+
+
+INT8_MIN_HEAD_DIM = 32  # an int8 MMA sums 32 products per step
 
 
 def attention_grid(q: torch.Tensor, block_m: int) -> tuple[int, int]:

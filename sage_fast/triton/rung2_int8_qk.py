@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import sage_ref
 
 from . import attn_int8
-from .launch import LOG2E, Tiles, head_dim_block
+from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 
 # Tile = quantization block. 128x64 with 4 warps was the fastest fp16-P·V shape in the H200 sweep
 # (docs/notes.md: 521 TOPS kernel-only at hd128, N=8k, against 411 for 8 warps).
@@ -34,7 +34,7 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
     attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
     """
     head_dim = q.shape[-1]
-    pad = head_dim_block(max(head_dim, 32)) - head_dim
+    pad = head_dim_block(head_dim, INT8_MIN_HEAD_DIM) - head_dim
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
     k_mean = None
     if smooth_k:

@@ -13,7 +13,7 @@ Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128
 """
 
 from . import attn_int8, rung2_int8_qk
-from .launch import head_dim_block
+from .launch import INT8_MIN_HEAD_DIM, head_dim_block
 from .quant import quantize_kv, quantize_q
 
 TILES = rung2_int8_qk.TILES  # the same kernel as rung 2: only where the quantization runs changed
@@ -28,7 +28,7 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
     broadcastable to [B,H,Nq,Nkv].
     """
     head_dim = q.shape[-1]
-    head_dim_padded = head_dim_block(max(head_dim, 32))
+    head_dim_padded = head_dim_block(head_dim, INT8_MIN_HEAD_DIM)
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
     kv = quantize_kv(k, v, block_n=tiles.block_n, head_dim_padded=head_dim_padded, smooth_k=smooth_k, v_fp8=v_fp8)
     q_int8, q_scale, shift = quantize_q(
