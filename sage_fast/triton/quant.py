@@ -66,9 +66,9 @@ def kv_stats_kernel(
     sk_b, sk_h, sk_n, sk_d,
     sv_b, sv_h, sv_n, sv_d,
     kv_heads, kv_len, head_dim,
-    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
 ):  # fmt: skip
-    """Per (chunk of CHUNK tokens, batch·kv head): Σ K over the chunk (program_id(2) == 0) or
+    """Per (chunk of CHUNK tokens, batch·kv head): Σ K over the chunk (program_id(2) == 0, if SMOOTH_K) or
     max |V| per channel, NaN-poisoned (program_id(2) == 1). Partials [B·Hkv, n_chunks, HEAD_DIM]."""
     chunk = tl.program_id(0)
     bh = tl.program_id(1)
@@ -79,16 +79,17 @@ def kv_stats_kernel(
     d_ok = offs_d < head_dim
     out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
     if tl.program_id(2) == 0:
-        # fp64, so the mean rounds to the same fp32 value as sage_ref's whatever the summation order.
-        total = tl.zeros([HEAD_DIM], tl.float64)
-        for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
-            rows = start + offs_n
-            k = tl.load(
-                K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
-                mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
-            ).to(tl.float32)
-            total += tl.sum(k.to(tl.float64), 0)
-        tl.store(KSum + out, total)
+        if SMOOTH_K:  # without smoothing the launch is for V alone
+            # fp64, so the mean rounds to the same fp32 value as sage_ref's whatever the summation order.
+            total = tl.zeros([HEAD_DIM], tl.float64)
+            for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
+                rows = start + offs_n
+                k = tl.load(
+                    K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
+                    mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
+                ).to(tl.float32)
+                total += tl.sum(k.to(tl.float64), 0)
+            tl.store(KSum + out, total)
     else:
         amax = tl.zeros([HEAD_DIM], tl.float32)
         poison = tl.zeros([HEAD_DIM], tl.float32)
@@ -220,10 +221,9 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
     v_amax = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float32, device=dev)
     placeholder = out["k_scale"]
     if smooth_k or v_fp8:
-        # Without smoothing the K statistics are not needed, but the launch still covers V.
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
             k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
-            CHUNK=STATS_CHUNK, BLOCK_N=64, HEAD_DIM=head_dim_padded,
+            CHUNK=STATS_CHUNK, BLOCK_N=64, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
         )  # fmt: skip
     quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
         k, v, k_sums, v_amax, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
