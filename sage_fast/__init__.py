@@ -1,6 +1,7 @@
 """sage_fast: SageAttention kernels (Triton) behind a PyTorch API.
 
-:func:`sageattn` is the full-featured entry point; :func:`scaled_dot_product_attention` is a
+[`sageattn`][sage_fast.sageattn] is the full-featured entry point;
+[`scaled_dot_product_attention`][sage_fast.scaled_dot_product_attention] is a
 drop-in for ``torch.nn.functional.scaled_dot_product_attention`` with torch's semantics.
 """
 

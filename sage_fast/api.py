@@ -1,4 +1,4 @@
-"""The public API: :func:`sageattn`, and :func:`scaled_dot_product_attention`, a drop-in for torch's.
+"""The public API: ``sageattn``, and ``scaled_dot_product_attention``, a drop-in for torch's.
 
 Both validate and normalise their arguments in Python (layouts become strided views, never copies)
 and then call one ``torch.library`` custom op, ``sage_fast::sageattn``, whose fake implementation
@@ -246,7 +246,7 @@ TORCH_NAMES = {"q": "query", "k": "key", "v": "value", "sm_scale": "scale"}
 def scaled_dot_product_attention(
     query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
 ):
-    """A drop-in for :func:`torch.nn.functional.scaled_dot_product_attention` that runs :func:`sageattn`.
+    """A drop-in for ``torch.nn.functional.scaled_dot_product_attention`` that runs [`sageattn`][sage_fast.sageattn].
 
     Same arguments and semantics as torch's: ``attn_mask`` is bool (True = attend) or an additive
     float bias, broadcastable to [batch, heads, q_len, kv_len]; ``is_causal`` aligns the causal mask

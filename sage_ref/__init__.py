@@ -1,7 +1,7 @@
 """sage_ref: a readable PyTorch reference of every SageAttention step.
 
 Each function emulates a kernel's arithmetic (rounding points, block boundaries), so
-the fast kernels in :mod:`sage_fast` can be held to a tight bound against it.
+the fast kernels in ``sage_fast`` can be held to a tight bound against it.
 """
 
 from .attention import flash_attention, naive_attention

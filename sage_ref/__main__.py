@@ -1,4 +1,4 @@
-"""``python -m sage_ref``: the accuracy study (see :mod:`sage_ref.study`)."""
+"""``python -m sage_ref``: the accuracy study (see ``sage_ref.study``)."""
 
 from .study import main
 

@@ -57,7 +57,7 @@ def online_softmax(
 
     acc_shape: [batch, heads, q_len, head_dim]. attn_mask: bool (True = attend; 0 / -inf) or a
     natural-log additive bias, broadcastable to [batch, heads, q_len, kv_len], added to each
-    block's base-2 logits as ``b · log2 e`` (see :mod:`sage_ref.masks`). Returns
+    block's base-2 logits as ``b · log2 e`` (see [`base2_bias`][sage_ref.base2_bias]). Returns
     the normalised output in ``dtype`` and the base-2 log-sum-exp [batch, heads, q_len].
     A row that sees no key gets output 0 and lse2 = -inf; NaN anywhere in a row's scores
     makes the row NaN.

@@ -186,5 +186,5 @@ def encode_p(p: torch.Tensor, encoding: str) -> tuple[torch.Tensor, float]:
 
 
 def decode_p(codes: torch.Tensor, p_scale: float) -> torch.Tensor:
-    """codes · p_scale in fp32, the inverse of :func:`encode_p`."""
+    """codes · p_scale in fp32, the inverse of [`encode_p`][sage_ref.encode_p]."""
     return codes.to(torch.float32) * p_scale

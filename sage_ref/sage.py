@@ -37,7 +37,7 @@ def quantize_qk(q, k, *, sm_scale, qk_granularity, block_m, block_n):
 
     Q's groups live in its tiles of ``block_m`` rows, split among 4 warps for ``warp``
     and ``thread``; K's in tiles of ``block_n`` keys, which every warp shares, so K's
-    ``warp`` granularity is its block. Returns two :class:`Int8Quantized`.
+    ``warp`` granularity is its block. Returns two [`Int8Quantized`][sage_ref.Int8Quantized].
     """
     q_hat = quantize_int8(q.to(torch.float32) * (sm_scale * LOG2E), qk_granularity, block_m, warps=4)
     k_hat = quantize_int8(k, qk_granularity, block_n, warps=1)
@@ -116,9 +116,9 @@ def sage_attention(
     """SageAttention with the kernels' rounding points: q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] -> out [B,H,Nq,D].
 
     qk_granularity: one of ``tensor token block warp thread`` (see
-    :mod:`sage_ref.quantization`), or None to keep Q and K unquantized. With
+    [`quantize_int8`][sage_ref.quantize_int8]), or None to keep Q and K unquantized. With
     ``qk_granularity=None, pv="fp32", smooth_k=False`` this is exactly
-    :func:`~sage_ref.attention.flash_attention`. ``attn_mask``: bool (True = attend) or an
+    [`flash_attention`][sage_ref.flash_attention]. ``attn_mask``: bool (True = attend) or an
     additive natural-log bias, broadcastable to [B, H, Nq, Nkv], added to the base-2 logits
     as bias · log2 e. ``return_lse`` gives the natural-log lse of the original (masked)
     logits Q Kᵀ · sm_scale + bias [B, H, Nq].
