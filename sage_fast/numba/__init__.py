@@ -2,7 +2,7 @@
 
 Numba shows the GPU's execution model with nothing hidden (threads, blocks, shared memory,
 barriers); it has no tensor-core or dp4a API, so this ladder teaches the algorithm and the memory
-hierarchy on the CUDA cores, and the tensor-core story lives in :mod:`sage_fast.triton`.
+hierarchy on the CUDA cores, and the tensor-core story lives in ``sage_fast.triton``.
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal, and the tests
 iterate over it. ``min_arch``: numba-cuda's floor, sm50 (sm53 for the fp16 conversions of rungs 4 and 5). Every rung runs on CUDA tensors, or on CPU tensors under Numba's simulator
@@ -40,7 +40,7 @@ def fastest_rung(head_dim: int) -> Rung:
 
 
 def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_lse=False):
-    """The fastest Numba rung for these inputs (:func:`fastest_rung`).
+    """The fastest Numba rung for these inputs (``fastest_rung``).
 
     q [B, H, Nq, D], k, v [B, Hkv, Nkv, D], any strides (the rungs copy to contiguous fp32/int8/fp16
     buffers). Equals ``sage_ref.sage_attention(qk_granularity="block", pv="fp16")`` with that rung's
@@ -51,5 +51,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_ls
 
 
 def reference_for(head_dim: int):
-    """The sage_ref emulation :func:`forward` is held to at this head_dim."""
+    """The sage_ref emulation ``forward`` is held to at this head_dim."""
     return fastest_rung(head_dim).reference
