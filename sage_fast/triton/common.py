@@ -67,7 +67,7 @@ def softmax_step(s, m_i, l_i, P_LOG2: tl.constexpr):
 
 @triton.jit
 def softmax_step_int(s_int, scale, m_i, l_i, P_LOG2: tl.constexpr):
-    """:func:`softmax_step` for an unmasked tile of int32 scores s_int with logits s_int · scale.
+    """``softmax_step`` for an unmasked tile of int32 scores s_int with logits s_int · scale.
 
     scale = q_scale · k_scale >= 0, so rowmax(s_int · scale) = rowmax(s_int) · scale exactly,
     and p = exp2(s_int · scale - m_new + P_LOG2) is one FMA and one exp2 per score: no
