@@ -1,5 +1,5 @@
 """Fixes for two bugs of Triton 3.6's CPU interpreter (TRITON_INTERPRET=1), applied on import of
-:mod:`sage_fast.triton` when the interpreter is on, so kernels compute on the CPU what they compute on a GPU.
+``sage_fast.triton`` when the interpreter is on, so kernels compute on the CPU what they compute on a GPU.
 """
 
 import numpy as np
