@@ -16,7 +16,7 @@ def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
 
 def head_dim_block(head_dim: int, minimum: int = 16) -> int:
     """The kernels' HEAD_DIM tile: a power of two >= ``minimum`` (the tensor-core K step: 16 for fp16,
-    32 for int8, see :data:`INT8_MIN_HEAD_DIM`); the extra channels are masked or zero-padded."""
+    32 for int8, see ``INT8_MIN_HEAD_DIM``); the extra channels are masked or zero-padded."""
     return max(minimum, triton.next_power_of_2(head_dim))
 
 
