@@ -177,7 +177,7 @@ def bias_view(attn_mask, shape):
 
 def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal, block_m, block_n,
            v_scale=None, shift=None, attn_mask=None, return_lse=False, num_warps=8, num_stages=3):  # fmt: skip
-    """Run :func:`sage_attn_kernel` on quantized inputs.
+    """Run ``sage_attn_kernel`` on quantized inputs.
 
     q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)],
     k_scale [B,Hkv,ceil(Nkv/block_n)]; v: the original V [B,Hkv,Nkv,D] (fp16 P·V) or, with
