@@ -164,5 +164,5 @@ for n in (1024, 8192, 32768):
 
 # %% [markdown]
 # At short sequences the quantization launches are a large share of the call and SDPA wins; from
-# \(N pprox 8	ext{k}\) on, fp8 P·V makes the whole call faster than PyTorch's cuDNN attention, at the accuracy
+# \(N \approx 8\text{k}\) on, fp8 P·V makes the whole call faster than PyTorch's cuDNN attention, at the accuracy
 # cost measured above (the fp16 path, `sageattn(pv="fp16")`, keeps it).
