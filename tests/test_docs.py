@@ -1,5 +1,6 @@
 """The site builds: ``mkdocs build --strict`` (broken links, missing pages or images, docstring errors fail)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,22 @@ def test_accuracy_page_is_current():
     page = (ROOT / "docs" / "accuracy.md").read_text()
     for line in make_accuracy.table(rows).splitlines()[2:]:
         assert line in page, f"docs/accuracy.md is stale ({line!r} missing): run python docs/make_accuracy.py"
+
+
+def test_docstrings_are_markdown():
+    """mkdocstrings renders docstrings as Markdown: a Sphinx role (:func:`x`) shows up as raw text on the API page.
+    Link with [`x`][sage_ref.x] (an object the API page renders) or write ``x``."""
+    role = re.compile(r":(?:py:)?(?:func|meth|class|mod|attr|data|obj|exc|ref):`")
+    found = [f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+             for package in ("sage_ref", "sage_fast") for path in sorted((ROOT / package).rglob("*.py"))
+             for n, line in enumerate(path.read_text().splitlines(), start=1) if role.search(line)]  # fmt: skip
+    assert not found, "\n".join(found)
+
+
+def test_pages_have_no_control_characters():
+    """A backslash escape in a Python string (\\a, \\t) turns LaTeX such as \\approx into a control character,
+    which KaTeX then refuses in the browser; mkdocs build does not notice."""
+    bad = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+    files = [*sorted((ROOT / "docs").rglob("*.md")), *sorted((ROOT / "tutorials").glob("*.py"))]
+    found = [str(path.relative_to(ROOT)) for path in files if bad.search(path.read_text())]
+    assert not found, found
