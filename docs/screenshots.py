@@ -7,8 +7,9 @@
 Each page is cut into PNGs of at most ``--slice`` pixels (``<page>-<n>.png``), small enough to read at
 full size. Problems make the exit code 1: an image that did not load, math KaTeX failed on or never
 rendered, a page wider than the window, a Sphinx role (``:func:``) left as text, a link to a missing page
-or to an anchor that is not on its page. Blocks that scroll sideways (code, tables, display math) are
-listed, not failed: the reader can scroll, but should not have to for a line that matters.
+or to an anchor that is not on its page, anything fetched from outside the site. Blocks that scroll
+sideways (code, tables, display math) are listed, not failed: the reader can scroll, but should not have
+to for a line that matters.
 
 Chromium is Debian's ``chromium`` (``apt-get install chromium``), driven through the DevTools protocol
 over a pipe, so nothing beyond the standard library is needed. The site is served from localhost and
@@ -54,6 +55,8 @@ CHECK_PAGE = r"""
     if (!el.querySelector(".katex")) problems.push(`math not rendered: ${short(el.textContent)}`);
   if (document.documentElement.scrollWidth > innerWidth + 1)
     problems.push(`page is ${document.documentElement.scrollWidth} px wide in a ${innerWidth} px window`);
+  for (const entry of performance.getEntriesByType("resource"))
+    if (new URL(entry.name).origin !== location.origin) problems.push(`fetched from outside the site: ${entry.name}`);
   for (const role of new Set(article.innerText.match(/:(func|meth|class|mod|attr|data|obj|exc|ref):`?[\w.~]+/g) || []))
     problems.push(`Sphinx role left as text: ${role}`);
   for (const a of article.querySelectorAll("a[href]")) {
@@ -130,8 +133,13 @@ class Chromium:
             self._events.append(self._read())
 
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
+        """Ask Chromium to quit (it then stops its helper processes and finishes writing the profile)."""
+        try:
+            self.send("Browser.close")
+            self.process.wait(timeout=30)
+        except (OSError, RuntimeError, subprocess.TimeoutExpired):
+            self.process.kill()
+            self.process.wait()
         os.close(self._to_chromium)
         os.close(self._from_chromium)
 
