@@ -51,7 +51,9 @@ print(out.shape, out.dtype)
 
 # %%
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
-sdpa = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
+sdpa = torch.nn.functional.scaled_dot_product_attention(
+    q.float(), k.float(), v.float()
+)
 
 err_ours = (out.double() - truth).abs().max().item()
 err_sdpa = (sdpa.double() - truth).abs().max().item()
@@ -72,15 +74,23 @@ print(f"cosine {sage_ref.cosine_similarity(out, truth):.9f}  "
 #
 # A decoder's query \(i\) may only see keys \(j \le i\): the masked scores are set to \(-\infty\) before the
 # softmax. With a KV cache the queries are the *last* `q_len` positions, so the mask is aligned to the bottom
-# right: query \(i\) sees key \(j\) iff \(j \le i + N_{kv} - N_q\).
+# right: query \(i\) sees key \(j\) iff \(j \le i + N_{kv} - N_q\). For 3 new queries over 5 keys (row \(i\)
+# marks the keys query \(i\) sees):
 
 # %%
 print(sage_ref.causal_visible(3, 5, "cpu").int())
 
+# %% [markdown]
+# Masking the scores with it and taking the softmax gives what `sage_ref.naive_attention(..., is_causal=True)`
+# computes:
+
+# %%
 s = q.double() @ k.double().transpose(-1, -2) / math.sqrt(64)
 s = s.masked_fill(~sage_ref.causal_visible(77, 77, "cpu"), float("-inf"))
 causal = torch.softmax(s, dim=-1) @ v.double()
 expected = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=True)
+err = (causal - expected).abs().max().item()
+print(f"max |masked softmax - sage_ref causal| = {err:.1e}")
 assert torch.allclose(causal, expected)
 
 # %% [markdown]
@@ -92,7 +102,8 @@ assert torch.allclose(causal, expected)
 
 # %%
 for n in (1024, 8192, 32768):
-    print(f"N = {n:5d}: S for 32 heads takes {32 * n * n * 2 / 2**30:6.2f} GiB in fp16")
+    gib = 32 * n * n * 2 / 2**30  # 32 heads × N² scores × 2 bytes
+    print(f"N = {n:5d}: S for 32 heads takes {gib:6.2f} GiB in fp16")
 
 # %% [markdown]
 # At \(N = 32768\) that is 64 GiB for one layer of one sequence: no GPU keeps it, and even where it fits, writing
@@ -100,8 +111,8 @@ for n in (1024, 8192, 32768):
 #
 # ## Measured on a GPU
 #
-# The project's benchmark times PyTorch's fused attention (cuDNN backend) on an H200. The numbers are read
-# from the committed results, not typed in:
+# The project's benchmark times PyTorch's fused attention (cuDNN backend) on an H200, with 16k tokens per call
+# (the batch shrinks as \(N\) grows). The numbers are read from the committed results, not typed in:
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -116,5 +127,5 @@ for row in bench["rows"]:
 
 # %% [markdown]
 # The FLOP rate is flat from \(N = 1024\) to \(32768\) while the work per token grows with \(N\): a fused kernel
-# runs at the tensor cores' speed, and the only way to go faster is cheaper arithmetic. That is what 8-bit
-# attention buys (tutorial 03).
+# runs at the speed of the *tensor cores* (the GPU's matrix-multiply units), and the only way to go faster is
+# cheaper arithmetic. That is what 8-bit attention buys (tutorial 03).
