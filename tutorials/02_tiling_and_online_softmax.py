@@ -18,17 +18,16 @@ import torch
 import sage_ref
 
 torch.manual_seed(0)
-# 300 keys: not a multiple of any block size below
-q, k, v = (torch.randn(1, 2, 300, 64, dtype=torch.float64) for _ in range(3))
-truth = sage_ref.naive_attention(q, k, v)
 
 # %% [markdown]
 # ## The idea
 #
-# A GPU program owns a tile of query rows and reads keys in blocks of `block_n`. It cannot see a whole row of
-# scores at once, so it cannot know the row maximum in advance. It keeps, per query row, the maximum so far
-# \(m_i\), the sum so far \(\ell_i\) of \(e^{s - m_i}\), and the unnormalised output \(\mathrm{acc}\). When block
-# \(j\) raises the maximum, everything accumulated so far is rescaled by \(\alpha = e^{m_{\text{old}} - m_{\text{new}}}\):
+# A GPU runs attention as many small *programs* at once, each with a little fast on-chip memory: room for a
+# tile of query rows and a block of keys, not for a row of \(N\) scores. A program reads the keys in blocks of
+# `block_n`, so it cannot know a row's maximum before it has seen every block. Instead it keeps three running
+# quantities per query row: the maximum so far \(m_i\), the sum so far \(\ell_i\) of \(e^{s - m_i}\), and the
+# unnormalised output \(\mathrm{acc}\). When block \(j\) raises the maximum, everything accumulated so far is
+# rescaled by \(\alpha = e^{m_{\text{old}} - m_{\text{new}}}\):
 #
 # \[
 # \begin{aligned}
@@ -65,6 +64,9 @@ def online_attention(q, k, v, block_n):
 # blocks that do not divide the 300 keys and a block of 1 key:
 
 # %%
+q, k, v = (torch.randn(1, 2, 300, 64, dtype=torch.float64) for _ in range(3))
+truth = sage_ref.naive_attention(q, k, v)
+
 for block_n in (1, 16, 64, 128, 300):
     err = (online_attention(q, k, v, block_n) - truth).abs().max().item()
     print(f"block_n = {block_n:3d}: max |tiled - naive| = {err:.1e}")
@@ -99,8 +101,8 @@ q16, k16, v16 = (t.to(torch.float16) for t in (q, k, v))
 truth16 = sage_ref.naive_attention(q16.double(), k16.double(), v16.double())
 flash = sage_ref.flash_attention(q16.float(), k16.float(), v16.float(), block_n=64)
 err = (flash.double() - truth16).abs().max().item()
-print(f"flash_attention (fp32, block_n=64): "
-      f"cosine {sage_ref.cosine_similarity(flash, truth16):.9f}, max abs err {err:.1e}")
+cos = sage_ref.cosine_similarity(flash, truth16)
+print(f"flash_attention (fp32, block_n=64): cosine {cos:.9f}, max abs err {err:.1e}")
 assert err < 1e-5
 
 # %% [markdown]
