@@ -244,8 +244,9 @@ TORCH_NAMES = {"q": "query", "k": "key", "v": "value", "sm_scale": "scale"}
 
 
 def scaled_dot_product_attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
-):
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False, *,
+    pv="auto", implementation="auto",
+):  # fmt: skip
     """A drop-in for ``torch.nn.functional.scaled_dot_product_attention`` that runs [`sageattn`][sage_fast.sageattn].
 
     Same arguments and semantics as torch's: ``attn_mask`` is bool (True = attend) or an additive
@@ -266,6 +267,9 @@ def scaled_dot_product_attention(
       torch's broadcasting of size-1 batch or head dimensions is not supported.
     - float64 inputs: TypeError (use torch's SDPA or ``sageattn(implementation="reference")``).
     - The op has no backward; differentiating through it raises when ``backward`` runs.
+
+    ``pv`` and ``implementation``, keyword-only and not torch's, are passed to :func:`sageattn`
+    (integrations use them to pick a layer's P·V precision).
 
     Examples
     --------
@@ -307,7 +311,9 @@ def scaled_dot_product_attention(
         attn_mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device).tril()
         is_causal = False
     try:
-        return sageattn(query, key, value, is_causal=is_causal, sm_scale=scale, attn_mask=attn_mask)
+        return sageattn(
+            query, key, value, is_causal=is_causal, sm_scale=scale, attn_mask=attn_mask, pv=pv, implementation=implementation
+        )
     except (TypeError, ValueError) as error:
         # sageattn names q, k, v and sm_scale; this function's caller knows them by torch's names.
         message = re.sub(r"\b(q|k|v|sm_scale)\b", lambda m: TORCH_NAMES[m.group(1)], str(error))

@@ -1,0 +1,118 @@
+"""Route ``torch.nn.functional.scaled_dot_product_attention`` through sage inside a ``with`` block.
+
+Any model that calls torch's SDPA tries sage in one line::
+
+    with sage_fast.integrations.route_sdpa() as counts:
+        out = model(x)
+    print(counts)   # calls per variant, and every fallback to torch with its reason
+
+The router is a :class:`torch.overrides.TorchFunctionMode`: it sees every call of torch's function,
+however it was imported (``F.scaled_dot_product_attention``, ``from torch.nn.functional import ...``),
+in the thread that entered the block, and passes every other torch function through unchanged (at a
+few microseconds of Python per call). A call sage cannot honour (dropout, grad needed, float64, a mask
+that does not broadcast without batch broadcasting, head_dim > 256, ...) runs torch's own function and
+is counted with the reason, or raises with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+
+from sage_ref.checks import check_flag
+
+from .counts import CallCounts
+from .variants import attend, check_options, resolve
+
+
+def torch_sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+                         enable_gqa=False):  # fmt: skip
+    """torch's SDPA signature, to bind a call's positional and keyword arguments by name."""
+    return dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
+                scale=scale, enable_gqa=enable_gqa)  # fmt: skip
+
+
+class SageSDPA(TorchFunctionMode):
+    """The mode behind :func:`route_sdpa`: sage for the SDPA calls it can take, torch's SDPA for the rest.
+
+    Parameters
+    ----------
+    variant : {"auto", "fp8", "fp16", "torch"}
+        What the routed calls run (see :mod:`sage_fast.integrations.variants`); "torch" counts the calls
+        and changes nothing.
+    implementation : {"auto", "triton", "numba", "reference"}
+        Passed to :func:`sage_fast.sageattn` ("auto": the Triton kernels on CUDA tensors, the sage_ref
+        emulation on the CPU).
+    strict : bool
+        Raise sage's TypeError/ValueError instead of falling back.
+    counts : CallCounts, optional
+        Where to count; a new one by default (the ``with`` statement's target).
+    """
+
+    def __init__(self, variant="auto", *, implementation="auto", strict=False, counts=None):
+        super().__init__()
+        check_options(variant, implementation)
+        check_flag("strict", strict)
+        if counts is not None and not isinstance(counts, CallCounts):
+            raise TypeError(f"counts must be a CallCounts or None, got {type(counts).__name__}")
+        self.variant, self.implementation, self.strict = variant, implementation, strict
+        self.counts = CallCounts() if counts is None else counts
+        self.sdpa_calls = 0  # calls this mode saw, routed or not
+
+    def __enter__(self):
+        super().__enter__()
+        return self.counts
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        return self.route(func, args, kwargs)
+
+    def route(self, func, args, kwargs):
+        """One SDPA call (torch's modes are off in here, so ``func`` is torch's own function)."""
+        self.sdpa_calls += 1
+        try:
+            call = torch_sdpa_arguments(*args, **kwargs)
+        except TypeError as error:  # an argument this torch has and sage does not know of
+            return self.fall_back(func, args, kwargs, f"arguments sage does not know: {error}")
+        tensors = [t for t in (call["query"], call["key"], call["value"], call["attn_mask"]) if isinstance(t, torch.Tensor)]
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
+        variant = resolve(self.variant, call["query"].device) if tensors else self.variant
+        if variant == "torch":
+            self.counts.record("torch")
+            return func(*args, **kwargs)
+        try:
+            out = attend(variant, implementation=self.implementation, **call)
+        except (TypeError, ValueError) as error:
+            return self.fall_back(func, args, kwargs, str(error), error)
+        self.counts.record(variant)
+        return out
+
+    def fall_back(self, func, args, kwargs, reason, error=None):
+        if self.strict:
+            raise error if error is not None else ValueError(f"sage cannot run this scaled_dot_product_attention call: {reason}")
+        self.counts.fall_back(reason)
+        return func(*args, **kwargs)
+
+
+def route_sdpa(variant="auto", *, implementation="auto", strict=False, counts=None) -> SageSDPA:
+    """A context manager that runs torch's scaled_dot_product_attention calls through sage.
+
+    ``with route_sdpa(...) as counts:`` gives the :class:`CallCounts` the block fills. Arguments as
+    :class:`SageSDPA`. Semantics are torch's (top-left causal, boolean or additive masks, ``enable_gqa``);
+    quantized, so expect sageattn's accuracy, not fp16 SDPA's bits.
+
+    Examples
+    --------
+    >>> import torch, torch.nn.functional as F
+    >>> q = torch.randn(1, 4, 10, 32)
+    >>> with route_sdpa(variant="fp16") as counts:
+    ...     out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    ...     out = F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)  # sage has no dropout: torch runs it
+    >>> counts.variants["fp16"], counts.fallback_calls
+    (1, 1)
+    """
+    return SageSDPA(variant, implementation=implementation, strict=strict, counts=counts)

@@ -1,0 +1,71 @@
+"""The attention variants an integration can run for one layer, fastest first, with torch's SDPA semantics.
+
+======== ================================================================ ===============================
+variant  what runs                                                        accuracy (Gaussian, rel-L1)
+======== ================================================================ ===============================
+"fp8"    ``sageattn(pv="fp8")``: INT8 Q·Kᵀ, FP8 e4m3 P·V (SageAttention2) about 0.04
+"fp16"   ``sageattn(pv="fp16")``: INT8 Q·Kᵀ, FP16 P·V (SageAttention v1)  about 0.01
+"torch"  ``torch.nn.functional.scaled_dot_product_attention`` itself     the input dtype's rounding
+======== ================================================================ ===============================
+
+The order is the speed order on the H100/H200 (fp8 P·V runs at twice the fp16 tensor-core rate; see
+docs/benchmarks.md). The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
+(``sage_ref.sage_attention(pv="int8")``), not as a kernel, so it could never be the fast choice.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sage_ref.checks import check_choice
+
+from ..api import FP8_MIN_CAPABILITY, IMPLEMENTATIONS, resolve_pv, scaled_dot_product_attention
+
+VARIANTS = ("fp8", "fp16", "torch")
+SAGE_VARIANTS = ("fp8", "fp16")
+CHOICES = ("auto", *VARIANTS)  # "auto": sageattn's own pv="auto" (fp8 on sm89+ GPUs, else fp16)
+
+
+def check_options(variant: str, implementation: str) -> None:
+    """Refuse an unknown ``variant`` or ``implementation`` by name (ValueError)."""
+    check_choice("variant", variant, CHOICES)
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+
+
+def variants_for(device: torch.device, implementation: str = "auto") -> tuple[str, ...]:
+    """The variants that can run on ``device``, fastest first: "fp8" needs sm89+ for the Triton kernels.
+
+    On the CPU every variant runs (the sage_ref emulation rounds P to e4m3 like the kernel does).
+    """
+    device = torch.device(device)
+    kernels = implementation == "triton" or (implementation == "auto" and device.type == "cuda")
+    if kernels and device.type == "cuda" and torch.cuda.get_device_capability(device) < FP8_MIN_CAPABILITY:
+        return tuple(v for v in VARIANTS if v != "fp8")
+    return VARIANTS
+
+
+def attend(variant, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False,
+           *, implementation="auto"):  # fmt: skip
+    """softmax(Q Kᵀ · scale + mask) V with torch's SDPA semantics (top-left causal), by ``variant``.
+
+    query [batch, heads, q_len, head_dim], key and value [batch, kv_heads, kv_len, head_dim] (kv_heads
+    dividing heads with ``enable_gqa``); returns [batch, heads, q_len, head_dim]. The sage variants
+    refuse what they cannot honour (``dropout_p`` > 0 among them) with TypeError/ValueError naming the
+    argument; "torch" runs torch's function (``implementation`` does not apply to it).
+    """
+    check_options(variant, implementation)
+    if variant == "torch":
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            enable_gqa=enable_gqa,
+        )
+    return scaled_dot_product_attention(
+        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+        enable_gqa=enable_gqa, pv=variant, implementation=implementation,
+    )  # fmt: skip
+
+
+def resolve(variant: str, device: torch.device) -> str:
+    """The variant that runs: "auto" becomes the P·V precision sageattn picks on ``device``."""
+    return resolve_pv("auto", torch.device(device), "auto") if variant == "auto" else variant
