@@ -69,19 +69,25 @@ print(f"|channel mean| of K: {k32.mean(dim=-2).abs().mean().item():5.2f}    "
 # \(K\), exactly, while \(K_s\) has no bias left to waste the INT8 range on. Checked in fp64:
 
 # %%
-k_s, k_mean = sage_ref.smooth_k(k.double())
+k_s, _ = sage_ref.smooth_k(k.double())  # K_s, and the mean k̄ it subtracted
 plain = sage_ref.naive_attention(q.double(), k.double(), v.double())
 smoothed = sage_ref.naive_attention(q.double(), k_s, v.double())
 print(f"max |attn(K_s) - attn(K)| = {(smoothed - plain).abs().max().item():.1e}")
 assert torch.allclose(smoothed, plain, rtol=0, atol=1e-12)
 
-# The quantization error that matters is relative to what differs between tokens: K - k̄ = K_s.
+
+# %% [markdown]
+# What smoothing buys is a finer INT8 step. The quantization error that matters is measured against what
+# differs between tokens, \(\lVert K - \bar k \rVert = \lVert K_s \rVert\), since that is all the softmax sees:
+
+# %%
 def quant_err(t):
-    return (sage_ref.quantize_int8(t, "block").dequantize().double() - t.double()).norm()
+    t_hat = sage_ref.quantize_int8(t, "block").dequantize()  # INT8 and back
+    return (t_hat.double() - t.double()).norm()
 
 
 signal = k_s.norm()
-print(f"INT8 error of K relative to ‖K - k̄‖: raw K {quant_err(k) / signal:.4f}, "
+print(f"INT8 error / ‖K - k̄‖: raw K {quant_err(k) / signal:.4f}, "
       f"smoothed K {quant_err(k_s) / signal:.4f}")
 
 # %% [markdown]
@@ -111,12 +117,12 @@ assert cos["block", True] > 0.999
 #
 # The second product, \(P V\), multiplies probabilities in \([0, 1]\) by values. SageAttention v1 keeps it in
 # fp16 (fp16 tensor cores, rounding inside a key block, fp32 across blocks); SageAttention2 stores \(P \cdot 448\)
-# and \(V\) scaled per channel in fp8 e4m3, whose tensor cores run at the INT8 rate on Hopper. The v1 paper's
-# INT8 variant is there for comparison. Each against the fp64 truth:
+# and \(V\) scaled per channel in fp8 e4m3, whose tensor cores run at the INT8 rate on Hopper GPUs (H100, H200).
+# The v1 paper's INT8 variant is there for comparison. Each against the fp64 truth:
 
 # %%
 for pv in ("fp32", "fp16", "fp8", "int8"):
-    out = sage_ref.sage_attention(q, k, v, qk_granularity="block", smooth_k=True, pv=pv)
+    out = sage_ref.sage_attention(q, k, v, qk_granularity="block", pv=pv)
     print(f"pv = {pv:4s}: cosine {sage_ref.cosine_similarity(out, truth):.6f}   "
           f"rel L1 {sage_ref.relative_l1(out, truth):.2e}")
 
@@ -129,20 +135,23 @@ for pv in ("fp32", "fp16", "fp8", "int8"):
 # ## Measured on a GPU
 #
 # The fused kernels (`sageattn`, rungs 3 and 4 of the Triton ladder) against PyTorch's fastest fp16 attention,
-# and their accuracy against an fp64 truth on the benchmark's inputs, read from the committed results:
+# and their accuracy against an fp64 truth on the benchmark's inputs, read from the committed results. Speed is
+# in TOPS, tera-operations per second (\(4 B H N^2 D\) / time): an INT8 or fp8 multiply-add counts as two
+# operations, as an fp16 one does in TFLOPS.
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
-print("TFLOPS, 32 heads, head_dim 128, non-causal")
+print("TOPS, 32 heads, head_dim 128, non-causal")
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 for n in (8192, 32768):
     base = tops["sdpa-cudnn", n]
     fp16, fp8 = tops["sageattn-fp16", n], tops["sageattn-fp8", n]
-    print(f"  N = {n:5d}: SDPA cuDNN {base:3.0f}, sageattn fp16 {fp16:3.0f} "
-          f"({fp16 / base:.2f}×), sageattn fp8 {fp8:3.0f} ({fp8 / base:.2f}×)")
+    print(f"  N = {n:5d}: SDPA cuDNN {base:3.0f}, "
+          f"sageattn fp16 {fp16:3.0f} ({fp16 / base:.2f}×), "
+          f"sageattn fp8 {fp8:3.0f} ({fp8 / base:.2f}×)")
 for acc in env["accuracy_vs_fp64"]:
     print(f"  {acc['name']:20s} cosine {acc['cos']:.6f}  rel L1 {acc['rel_l1']:.4f}")
