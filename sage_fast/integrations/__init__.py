@@ -1,12 +1,12 @@
 """Using sage in real models: integrations, the adaptive per-layer plan, and what they share.
 
-- :func:`route_sdpa` (``sdpa_router``): a ``with`` block in which torch's
+- ``route_sdpa`` (``sdpa_router``): a ``with`` block in which torch's
   ``scaled_dot_product_attention`` runs through sage where it can and torch where not, counted.
 - ``sage_fast.integrations.transformers``: ``register("sage")`` makes sage an ``attn_implementation``
   of Hugging Face transformers; ``apply_plan`` gives each layer its planned variant; ``capture`` records
   a model's attention calls for calibration.
 - ``sage_fast.integrations.diffusers``: ``apply(model)`` wraps a diffusers model's attention processors.
-- :class:`AttentionPlan` (``plan``) and :func:`calibrate` (``calibration``): the SageAttention v1 paper's
+- ``AttentionPlan`` (``plan``) and ``calibrate`` (``calibration``): the SageAttention v1 paper's
   adaptive choice, per layer the fastest variant (``variants``: fp8 > fp16 P·V > torch) whose cosine
   similarity to an fp64 truth stays above a threshold, saved and loaded as JSON.
 
