@@ -1,11 +1,11 @@
 """Calibration: measure each variant on a model's own attention inputs and choose per layer (SageAttention v1).
 
 The integrations capture every attention call of a sample run (``transformers.capture``,
-``diffusers.capture``) as :class:`AttentionCall` s, each layer's q, k, v as the accurate model
-produced them. :func:`measure` runs every variant on them and compares with an fp64 truth;
-:func:`choose` gives each layer the fastest variant whose smallest cosine similarity is at least the
-threshold (speed order fp8 > fp16 > torch, :mod:`sage_fast.integrations.variants`); a layer no sage
-variant satisfies runs torch. :func:`calibrate` does both and returns an :class:`AttentionPlan`.
+``diffusers.capture``) as ``AttentionCall``s, each layer's q, k, v as the accurate model
+produced them. ``measure`` runs every variant on them and compares with an fp64 truth;
+``choose`` gives each layer the fastest variant whose smallest cosine similarity is at least the
+threshold (speed order fp8 > fp16 > torch, ``sage_fast.integrations.variants``); a layer no sage
+variant satisfies runs torch. ``calibrate`` does both and returns an ``AttentionPlan``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def choose(metrics: dict, threshold: float, variants=VARIANTS) -> dict:
 
 def calibrate(calls, *, threshold: float = 0.999, default: str = "torch", variants=None,
               implementation: str = "auto") -> AttentionPlan:  # fmt: skip
-    """Measure the variants on captured ``calls`` and return the plan that :func:`choose` makes.
+    """Measure the variants on captured ``calls`` and return the plan that ``choose`` makes.
 
     Parameters
     ----------
@@ -127,7 +127,7 @@ def calibrate(calls, *, threshold: float = 0.999, default: str = "torch", varian
         Candidates, fastest first; by default those that run on the calls' device ("fp8" needs sm89+
         for the kernels).
     implementation : str
-        Passed to :func:`sage_fast.sageattn`.
+        Passed to ``sage_fast.sageattn``.
     """
     calls = list(calls)
     if not calls or not all(isinstance(c, AttentionCall) for c in calls):
