@@ -12,8 +12,8 @@
 diffusers computes attention in processors (``AttnProcessor2_0`` for the UNets and DiT-style models,
 ``FluxAttnProcessor``, ``JointAttnProcessor2_0``, ... for the newer ones), which call
 ``torch.nn.functional.scaled_dot_product_attention`` directly or through diffusers' "native" attention
-backend. :class:`SageAttnProcessor` keeps the model's processor and runs it under
-:class:`~sage_fast.integrations.sdpa_router.SageSDPA` with its layer's variant, so the processor's own
+backend. ``SageAttnProcessor`` keeps the model's processor and runs it under
+``SageSDPA`` with its layer's variant, so the processor's own
 logic (norms, projections, residuals, masks) is untouched and only the attention product changes. A
 processor that made no SDPA call (the legacy ``AttnProcessor``, xFormers, another attention backend)
 is counted as a fallback: nothing of it ran on sage.
@@ -45,8 +45,8 @@ class SageAttnProcessor:
     layer : str
         The attention module's name (the plan's key), for the counts' fallback reasons.
     mode : callable
-        Returns the :class:`torch.overrides.TorchFunctionMode` a call runs under (a
-        :class:`~sage_fast.integrations.sdpa_router.SageSDPA`, or a recorder while calibrating).
+        Returns the ``torch.overrides.TorchFunctionMode`` a call runs under (a
+        ``SageSDPA``, or a recorder while calibrating).
     counts : CallCounts
         Where calls without any SDPA call are counted as fallbacks.
     """
@@ -70,7 +70,7 @@ class SageAttnProcessor:
 
 @functools.cache
 def processor_class(inner: type) -> type:
-    """A :class:`SageAttnProcessor` subclass whose ``__call__`` has ``inner.__call__``'s signature.
+    """A ``SageAttnProcessor`` subclass whose ``__call__`` has ``inner.__call__``'s signature.
 
     diffusers' attention modules pass a processor only the ``cross_attention_kwargs`` its ``__call__``
     names (``inspect.signature``), so the wrapper shows the wrapped processor's names.
@@ -107,10 +107,10 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     variant : {"auto", "fp8", "fp16", "torch"}
         The variant of every layer when no ``plan`` is given.
     plan : AttentionPlan, optional
-        Per-layer variants keyed by attention module name (e.g. from :func:`capture` and
-        :func:`sage_fast.integrations.calibration.calibrate`); a name the model lacks is a ValueError.
+        Per-layer variants keyed by attention module name (e.g. from ``capture`` and
+        ``sage_fast.integrations.calibration.calibrate``); a name the model lacks is a ValueError.
     implementation : {"auto", "triton", "numba", "reference"}
-        Passed to :func:`sage_fast.sageattn`.
+        Passed to ``sage_fast.sageattn``.
     strict : bool
         Raise instead of falling back to torch for a call sage cannot take.
 
@@ -136,12 +136,12 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
 
 
 def remove(model) -> None:
-    """Put back the processors :func:`apply` wrapped."""
+    """Put back the processors ``apply`` wrapped."""
     model.set_attn_processor({layer + SUFFIX: processor for layer, processor in layer_processors(model).items()})
 
 
 class Recorder(torch.overrides.TorchFunctionMode):
-    """Records each SDPA call of one layer as an :class:`AttentionCall` and runs torch's SDPA."""
+    """Records each SDPA call of one layer as an ``AttentionCall`` and runs torch's SDPA."""
 
     def __init__(self, layer: str, calls: list):
         super().__init__()
@@ -159,7 +159,7 @@ class Recorder(torch.overrides.TorchFunctionMode):
 
 
 def capture(model, run) -> list:
-    """The SDPA calls ``run(model)`` makes, each an :class:`AttentionCall` named by its attention module.
+    """The SDPA calls ``run(model)`` makes, each an ``AttentionCall`` named by its attention module.
 
     The model's processors run unchanged (torch's SDPA); they are put back afterwards. Tensors are
     cloned, so keep the sample small (one denoising step of a small latent is plenty).
