@@ -52,7 +52,7 @@ def check_layer_dict(where: str, value) -> dict:
 
 @dataclass(frozen=True)
 class AttentionPlan:
-    """Per-layer attention variants ("fp8", "fp16", "torch"; see :mod:`sage_fast.integrations.variants`).
+    """Per-layer attention variants ("fp8", "fp16", "torch"; see ``sage_fast.integrations.variants``).
 
     Parameters
     ----------
@@ -132,5 +132,5 @@ class AttentionPlan:
 
     @classmethod
     def load(cls, path) -> AttentionPlan:
-        """Read and validate a plan written by :meth:`save`."""
+        """Read and validate a plan written by ``save``."""
         return cls.from_json(Path(path).read_text())
