@@ -6,7 +6,7 @@ Any model that calls torch's SDPA tries sage in one line::
         out = model(x)
     print(counts)   # calls per variant, and every fallback to torch with its reason
 
-The router is a :class:`torch.overrides.TorchFunctionMode`: it sees every call of torch's function,
+The router is a ``torch.overrides.TorchFunctionMode``: it sees every call of torch's function,
 however it was imported (``F.scaled_dot_product_attention``, ``from torch.nn.functional import ...``),
 in the thread that entered the block, and passes every other torch function through unchanged (at a
 few microseconds of Python per call). A call sage cannot honour (dropout, grad needed, float64, a mask
@@ -34,15 +34,15 @@ def torch_sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_ca
 
 
 class SageSDPA(TorchFunctionMode):
-    """The mode behind :func:`route_sdpa`: sage for the SDPA calls it can take, torch's SDPA for the rest.
+    """The mode behind ``route_sdpa``: sage for the SDPA calls it can take, torch's SDPA for the rest.
 
     Parameters
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
-        What the routed calls run (see :mod:`sage_fast.integrations.variants`); "torch" counts the calls
+        What the routed calls run (see ``sage_fast.integrations.variants``); "torch" counts the calls
         and changes nothing.
     implementation : {"auto", "triton", "numba", "reference"}
-        Passed to :func:`sage_fast.sageattn` ("auto": the Triton kernels on CUDA tensors, the sage_ref
+        Passed to ``sage_fast.sageattn`` ("auto": the Triton kernels on CUDA tensors, the sage_ref
         emulation on the CPU).
     strict : bool
         Raise sage's TypeError/ValueError instead of falling back.
@@ -101,8 +101,8 @@ class SageSDPA(TorchFunctionMode):
 def route_sdpa(variant="auto", *, implementation="auto", strict=False, counts=None) -> SageSDPA:
     """A context manager that runs torch's scaled_dot_product_attention calls through sage.
 
-    ``with route_sdpa(...) as counts:`` gives the :class:`CallCounts` the block fills. Arguments as
-    :class:`SageSDPA`. Semantics are torch's (top-left causal, boolean or additive masks, ``enable_gqa``);
+    ``with route_sdpa(...) as counts:`` gives the ``CallCounts`` the block fills. Arguments as
+    ``SageSDPA``. Semantics are torch's (top-left causal, boolean or additive masks, ``enable_gqa``);
     quantized, so expect sageattn's accuracy, not fp16 SDPA's bits.
 
     Examples
