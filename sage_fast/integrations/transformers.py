@@ -88,7 +88,7 @@ class SageAttention:
     """The function registered under a name: transformers' attention-interface signature, sageattn inside.
 
     ``variant`` ("auto", "fp8", "fp16", "torch") is used for every module without one of its own;
-    :func:`apply_plan` gives a model's modules their plan's variants. "torch" runs transformers' own
+    ``apply_plan`` gives a model's modules their plan's variants. "torch" runs transformers' own
     "sdpa" function. ``counts`` tallies the calls by the variant that ran.
     """
 
@@ -138,10 +138,10 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     name : str
         The ``attn_implementation`` name; not one of transformers' own ("sdpa", "eager", ...).
     variant : {"auto", "fp8", "fp16", "torch"}
-        What every layer runs unless :func:`apply_plan` says otherwise ("auto": fp8 P·V on sm89+ GPUs,
+        What every layer runs unless ``apply_plan`` says otherwise ("auto": fp8 P·V on sm89+ GPUs,
         else fp16 P·V).
     implementation : {"auto", "triton", "numba", "reference"}
-        Passed to :func:`sage_fast.sageattn`; "auto" runs the Triton kernels on CUDA tensors and the
+        Passed to ``sage_fast.sageattn``; "auto" runs the Triton kernels on CUDA tensors and the
         sage_ref emulation on CPU tensors.
 
     Examples
@@ -167,7 +167,7 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
 
 
 def registered(name: str) -> SageAttention:
-    """The :class:`SageAttention` registered as ``name`` (KeyError with the registered names if none)."""
+    """The ``SageAttention`` registered as ``name`` (KeyError with the registered names if none)."""
     if name not in REGISTERED:
         raise KeyError(f"no sage attention is registered as {name!r}; registered: {sorted(REGISTERED)}")
     return REGISTERED[name]
@@ -181,7 +181,7 @@ def counts(name: str = "sage") -> CallCounts:
 def apply_plan(model, plan: AttentionPlan, *, name: str = "sage", implementation: str = "auto") -> str:
     """Run ``model`` with sage, each attention module with its plan's variant; return the implementation name.
 
-    Plan layers are the qualified names of ``model.named_modules()`` (as :func:`capture` records them);
+    Plan layers are the qualified names of ``model.named_modules()`` (as ``capture`` records them);
     a name the model lacks is a ValueError (a plan for another model), every module the plan does not
     list gets ``plan.default``. ``name`` is registered if it is not yet (with ``implementation``), and
     the model is switched to it with ``model.set_attn_implementation``.
@@ -227,7 +227,7 @@ CAPTURE_NAME = "sage_fast_capture"
 
 
 def capture(model, run) -> list:
-    """The attention calls ``run(model)`` makes, each as an :class:`~sage_fast.integrations.calibration.AttentionCall`.
+    """The attention calls ``run(model)`` makes, each as an ``AttentionCall``.
 
     The model runs transformers' "sdpa" attention meanwhile (the inputs each layer sees are those of
     the accurate model) and is switched back to its implementation afterwards. Tensors are cloned: a
