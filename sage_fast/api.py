@@ -268,7 +268,7 @@ def scaled_dot_product_attention(
     - float64 inputs: TypeError (use torch's SDPA or ``sageattn(implementation="reference")``).
     - The op has no backward; differentiating through it raises when ``backward`` runs.
 
-    ``pv`` and ``implementation``, keyword-only and not torch's, are passed to :func:`sageattn`
+    ``pv`` and ``implementation``, keyword-only and not torch's, are passed to [`sageattn`][sage_fast.sageattn]
     (integrations use them to pick a layer's P·V precision).
 
     Examples
