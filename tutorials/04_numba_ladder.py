@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-# Numba reads this switch once, when it is first imported, and then decides for good whether `numba.cuda`
-# compiles for a GPU or simulates one: so it is set before anything imports numba (sage_fast.numba does).
-# setdefault leaves a caller's choice alone (the test suite sets it too).
+# Numba reads this switch once, when it is first imported, and then decides for
+# good whether `numba.cuda` compiles for a GPU or simulates one: so it is set before
+# anything imports numba (sage_fast.numba does). setdefault leaves a caller's choice
+# alone (the test suite sets it too).
 if not torch.cuda.is_available():
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
@@ -46,11 +47,16 @@ print("running on", DEVICE, "(Numba's CUDA simulator)" if DEVICE == "cpu" else "
 print("rungs:", ", ".join(rung.name for rung in RUNGS))
 
 
+# %% [markdown]
+# The kernels live in `sage_fast/numba/`; this page prints the lines of each that the text is about, with a
+# small helper:
+
+# %%
 def excerpt(obj, first, last):
-    """Print obj's source from the line containing `first` to the next containing `last`, indented as in the kernel."""
+    """Print obj's source from the line with `first` to the next line with `last`."""
     lines = inspect.getsource(obj).splitlines()
     jit = next((line for line in lines if "@cuda.jit" in line), "")
-    body = len(jit) - len(jit.lstrip()) + 4  # the kernel body's indentation: shown at column 0
+    body = len(jit) - len(jit.lstrip()) + 4  # the kernel body's indentation: column 0
     start = next(n for n, line in enumerate(lines) if first in line)
     stop = next(n for n, line in enumerate(lines) if n >= start and last in line)
     print("\n".join(line[body:] for line in lines[start : stop + 1]))
@@ -77,7 +83,8 @@ def check(rung):
     out = rung.forward(q, k, v, is_causal=True)
     ref = rung.reference(q, k, v, is_causal=True)
     err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
-    print(f"{rung.name}: max |rung - fp64| = {err_rung:.2e}, max |reference - fp64| = {err_ref:.2e}")
+    print(f"{rung.name}: max |rung - fp64| = {err_rung:.2e}, "
+          f"max |reference - fp64| = {err_ref:.2e}")
     assert err_rung <= 2 * err_ref
 
 
@@ -112,6 +119,8 @@ check(RUNGS[0])
 
 # %%
 excerpt(rung2_online_row.online_row_kernel, "for j in range(hi):", "m = m_new")
+
+# %%
 check(RUNGS[1])
 
 # %% [markdown]
@@ -130,8 +139,10 @@ check(RUNGS[1])
 kernel = rung3_shared_tiles.build_kernel
 excerpt(kernel, "k_tile = cuda.shared.array", "v_tile = cuda.shared.array")
 excerpt(kernel, "for start_n in range(0, hi, BLOCK_N):", "cuda.syncthreads()")
-print("    if row_ok:  # a thread whose query row exists: the online softmax over the tile\n        ...")
+print("    if row_ok:  # a thread whose query row exists: online softmax\n        ...")
 excerpt(kernel, "m = m_new", "cuda.syncthreads()")
+
+# %%
 check(RUNGS[2])
 
 # %% [markdown]
@@ -150,6 +161,8 @@ kernel = rung4_sage_int8.build_kernel
 excerpt(kernel, "k_tile = cuda.shared.array", "v_tile = cuda.shared.array")
 excerpt(kernel, "qk_scale = q_scale * Ks", "s[jj] = np.float32(dot) * qk_scale")
 excerpt(kernel, "p16[jj] = np.float16(p)", "acc[d] = acc[d] * alpha")
+
+# %%
 check(RUNGS[3])
 
 # %% [markdown]
@@ -170,16 +183,20 @@ kernel = rung5_register_tiles.build_kernel
 excerpt(kernel, "# Phase 1", "dots[r, c] += qv")
 excerpt(kernel, "# Phase 2", "m_row[tid] = m_new")
 excerpt(kernel, "# Phase 3", "d = tx + THREADS * c")
+
+# %%
 check(RUNGS[4])
 
 # %% [markdown]
-# Rung 5 is what `sageattn(..., implementation="numba")` runs up to head_dim 128 (`sage_fast.numba.forward`; rung 4
-# above). The S tile's rows are `BLOCK_N + 1` floats apart: with 32 banks of shared memory, the padding puts the
+# Rung 5 is what `sageattn(..., implementation="numba")` runs up to head_dim 128, and rung 4 above that
+# (`sage_fast.numba.forward` picks). The S tile's rows are `BLOCK_N + 1` floats apart: with 32 banks of shared memory, the padding puts the
 # rows of one column in different banks, so the softmax threads reading a column do not queue on one bank.
 
 # %%
-print("S tile row stride:", rung5_register_tiles.S_STRIDE, "floats for", rung5_register_tiles.BLOCK_N, "keys")
-print("forward at head_dim 16 holds itself to:", sage_fast.numba.reference_for(16).keywords)
+stride, keys = rung5_register_tiles.S_STRIDE, rung5_register_tiles.BLOCK_N
+print(f"S tile row stride: {stride} floats for {keys} keys")
+print("forward at head_dim 16 holds itself to:")
+print(sage_fast.numba.reference_for(16).keywords)
 
 # %% [markdown]
 # ## Measured on a GPU
@@ -190,16 +207,18 @@ print("forward at head_dim 16 holds itself to:", sage_fast.numba.reference_for(1
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-numba-h200-2026-11-26.json").read_text())
-print(f"{bench['card']}, numba-cuda {bench['numba_cuda']}, {bench['date'][:10]}: TOPS (FP32 peak "
-      f"{bench['fp32_peak_tflops']:.1f} TFLOPS)")
+print(f"{bench['card']}, numba-cuda {bench['numba_cuda']}, {bench['date'][:10]}:")
+print(f"TOPS (% of the FP32 peak, {bench['fp32_peak_tflops']:.1f} TFLOPS)")
+first = bench["results"][0]
+print(f"batch {first['batch']}, {first['heads']} heads, non-causal")
 tops = {(r["rung"], r["head_dim"], r["n"]): r for r in bench["results"]}
 sizes = sorted({n for _, _, n in tops})
-print(f"  batch {bench['results'][0]['batch']}, {bench['results'][0]['heads']} heads, non-causal")
-print(f"  {'rung':17s}" + "".join(f"  {f'hd{d} N={n}':>12s}" for d in (64, 128) for n in (sizes[0], sizes[-1])))
+columns = [(d, n) for d in (64, 128) for n in (sizes[0], sizes[-1])]
+print(f"  {'rung':17s}" + "".join(f"  {f'hd{d} N={n}':>13s}" for d, n in columns))
 for rung in RUNGS:
-    cells = "".join(f"  {tops[rung.name, d, n]['tops']:5.2f} ({tops[rung.name, d, n]['fraction_of_fp32_peak']:4.0%})"
-                    for d in (64, 128) for n in (sizes[0], sizes[-1]))
-    print(f"  {rung.name:17s}{cells}")
+    cells = [tops[rung.name, d, n] for d, n in columns]
+    print(f"  {rung.name:17s}" + "".join(
+        f"  {c['tops']:5.2f} ({c['fraction_of_fp32_peak']:4.0%})" for c in cells))
 
 # %% [markdown]
 # Not every step of the ladder pays on its own. On this card rungs 2 and 3 are *slower* than rung 1 at most
