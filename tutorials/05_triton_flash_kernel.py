@@ -44,19 +44,22 @@ print("running on", DEVICE, "(Triton interpreter)" if DEVICE == "cpu" else "")
 # \]
 #
 # `tl.dot` multiplies fp16 tiles on the tensor cores with fp32 accumulation; \(P_j\) is rounded to fp16 for the
-# second product. Masks (`offs < n`) handle the last, partial tiles.
+# second product. A tile is loaded from a block of addresses, built the way PyTorch broadcasts: a column of row
+# offsets plus a row of column offsets (`offs_m[:, None] * D + offs_d[None, :]`). Masks (`keys < n`) handle the
+# last, partial tiles: masked loads read zeros, masked scores are set to \(-\infty\).
 
 # %%
 @triton.jit
 def flash_kernel(Q, K, V, Out, n, qk_scale,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-    bh = tl.program_id(1)                               # which (batch · head)
+    bh = tl.program_id(1)                       # which (batch · head)
     offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    base = bh * n * D                                   # contiguous [B·H, n, D]
-    rows = offs_m[:, None] < n                          # the last tile may be partial
-    q = tl.load(Q + base + offs_m[:, None] * D + offs_d[None, :], mask=rows, other=0.0)
+    base = bh * n * D                           # contiguous [B·H, n, D]
+    rows = offs_m[:, None] < n                  # the last tile may be partial
+    q_ptrs = Q + base + offs_m[:, None] * D + offs_d[None, :]     # [BLOCK_M, D]
+    q = tl.load(q_ptrs, mask=rows, other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -64,15 +67,16 @@ def flash_kernel(Q, K, V, Out, n, qk_scale,
     for start in range(0, n, BLOCK_N):
         keys = start + offs_n
         cols = keys[None, :] < n
-        k = tl.load(K + base + keys[None, :] * D + offs_d[:, None], mask=cols, other=0.0)
-        s = tl.dot(q, k) * qk_scale                     # S_j: base-2 logits
+        k_ptrs = K + base + keys[None, :] * D + offs_d[:, None]   # Kᵀ: [D, BLOCK_N]
+        k = tl.load(k_ptrs, mask=cols, other=0.0)
+        s = tl.dot(q, k) * qk_scale             # S_j: base-2 logits
         s = tl.where(cols, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)               # rescales what was accumulated
-        p = tl.math.exp2(s - m_new[:, None])            # P_j
+        alpha = tl.math.exp2(m_i - m_new)       # rescales what was accumulated
+        p = tl.math.exp2(s - m_new[:, None])    # P_j
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_rows = keys[:, None] < n
-        v = tl.load(V + base + keys[:, None] * D + offs_d[None, :], mask=v_rows, other=0.0)
+        v_ptrs = V + base + keys[:, None] * D + offs_d[None, :]   # [BLOCK_N, D]
+        v = tl.load(v_ptrs, mask=keys[:, None] < n, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
         m_i = m_new
     out = acc / l_i[:, None]
@@ -80,13 +84,20 @@ def flash_kernel(Q, K, V, Out, n, qk_scale,
     tl.store(out_ptrs, out.to(tl.float16), mask=rows)
 
 
+# %% [markdown]
+# On the host, `flash` launches the kernel on a *grid* of programs, one per (query tile, batch · head). A
+# kernel receives each tensor as the address of its first element and assumes the layout it was written for,
+# here contiguous `[B·H, n, D]`, so the inputs are made contiguous first.
+
+# %%
 def flash(q, k, v, block_m=32, block_n=16):
-    """q, k, v [B, H, n, D] fp16 (D a power of two >= 16) -> softmax(Q Kᵀ / √D) V."""
+    """q, k, v [B, H, n, D] fp16 (D a power of 2, ≥ 16) -> softmax(Q Kᵀ / √D) V."""
     batch, heads, n, d = q.shape
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     out = torch.empty_like(q)
-    qk_scale = d**-0.5 * math.log2(math.e)              # log2 e folded in
-    grid = (triton.cdiv(n, block_m), batch * heads)     # (query tile, batch·head)
-    flash_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), out, n, qk_scale,
+    qk_scale = d**-0.5 * math.log2(math.e)      # log2 e folded in
+    grid = (triton.cdiv(n, block_m), batch * heads)
+    flash_kernel[grid](q, k, v, out, n, qk_scale,
                        BLOCK_M=block_m, BLOCK_N=block_n, D=d)
     return out
 
@@ -106,8 +117,9 @@ q, k, v = (torch.randn(shape, dtype=torch.float16, device=DEVICE) for _ in range
 out = flash(q, k, v)
 
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
-emulation = sage_ref.sage_attention(q, k, v, qk_granularity=None, pv="fp16", smooth_k=False,
-                                    block_m=32, block_n=16)
+emulation = sage_ref.sage_attention(
+    q, k, v, qk_granularity=None, pv="fp16", smooth_k=False, block_m=32, block_n=16
+)
 err_kernel = (out.double() - truth).abs().max().item()
 err_emulation = (emulation.double() - truth).abs().max().item()
 print(f"max |kernel - fp64| = {err_kernel:.2e}")
@@ -143,13 +155,15 @@ assert err_rung <= 2 * err_ref
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
-print(f"{env['card']}, triton {env['triton']}, {env['date']}: TFLOPS, N = 8192, 32 heads")
+print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
+print("TFLOPS, N = 8192, 32 heads")
 rows = [r for r in bench["rows"] if r["n"] == 8192]
 tops = {(r["name"], r["head_dim"], r["causal"]): r["tops"] for r in rows}
+columns = [(d, causal) for d in (64, 128) for causal in (False, True)]
+labels = [f"hd{d} {'causal' if causal else 'full'}" for d, causal in columns]
+print(f"  {'':17s}" + "".join(f"{label:>12s}" for label in labels))
 for name in ("rung1-flash-fp16", "sdpa-flash", "sdpa-cudnn"):
-    cells = "  ".join(f"hd{d} {'causal' if c else 'full  '} {tops[name, d, c]:4.0f}"
-                      for d in (64, 128) for c in (False, True))
-    print(f"  {name:17s} {cells}")
+    print(f"  {name:17s}" + "".join(f"{tops[name, d, c]:12.0f}" for d, c in columns))
 
 # %% [markdown]
 # A plain fp16 flash kernel in thirty lines of Triton runs between PyTorch's two fused backends. The next rungs
