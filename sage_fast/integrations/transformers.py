@@ -36,9 +36,11 @@ from .variants import attend, check_options, resolve
 
 # Keyword arguments models pass that need nothing from the attention function: rotary positions are
 # already in q and k, the cache was updated before the call, the sliding window and packed sequences
-# are in the mask that sdpa_mask built, and encoder states are already projected into k and v.
-HONOURED_ELSEWHERE = {"position_ids", "cache_position", "use_cache", "past_key_values", "past_key_value",
-                      "sliding_window", "encoder_hidden_states"}  # fmt: skip
+# (position_ids, seq_idx) are in the mask that sdpa_mask built, encoder states are already projected
+# into k and v, and the rest (TransformersKwargs) are about the model's outputs or its loss.
+HONOURED_ELSEWHERE = {"position_ids", "seq_idx", "cache", "cache_position", "use_cache", "past_key_values", "past_key_value",
+                      "sliding_window", "encoder_hidden_states", "output_hidden_states", "output_router_logits",
+                      "return_dict", "num_items_in_batch"}  # fmt: skip
 REFUSED = {
     "softcap": "logit soft-capping (softcap) is not supported by sageattn",
     "s_aux": "attention sinks (s_aux) are not supported by sageattn",

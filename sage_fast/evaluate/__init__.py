@@ -1,0 +1,6 @@
+"""End-to-end evaluation of sage in transformers models: ``python -m sage_fast.evaluate --help``.
+
+``models`` builds randomly initialised models from configs, ``agreement`` compares their outputs with
+and without sage, ``timing`` measures whole forwards and the attention calls in them, ``run`` is the
+command.
+"""
