@@ -24,8 +24,10 @@ import triton.language as tl
 import sage_ref
 import sage_fast.triton  # under the interpreter, this fixes two of its bugs
 from sage_ref.sage import quantize_qk
+from sage_ref.study import make_inputs
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+torch.manual_seed(0)
 
 # %% [markdown]
 # ## Scores from integers
@@ -53,8 +55,9 @@ def int8_flash_kernel(Qc, Qs, Kc, Ks, V, Out, n,
     offs_d = tl.arange(0, D)
     base = bh * n * D
     rows = offs_m[:, None] < n
-    q = tl.load(Qc + base + offs_m[:, None] * D + offs_d[None, :], mask=rows, other=0)  # int8
-    q_scale = tl.load(Qs + bh * tl.cdiv(n, BLOCK_M) + tile_m)                       # δ_Q,i
+    q_ptrs = Qc + base + offs_m[:, None] * D + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=rows, other=0)                       # int8 codes
+    q_scale = tl.load(Qs + bh * tl.cdiv(n, BLOCK_M) + tile_m)     # δ_Q,i
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -62,33 +65,42 @@ def int8_flash_kernel(Qc, Qs, Kc, Ks, V, Out, n,
     for start in range(0, n, BLOCK_N):
         keys = start + offs_n
         cols = keys[None, :] < n
-        k = tl.load(Kc + base + keys[None, :] * D + offs_d[:, None], mask=cols, other=0)
-        k_scale = tl.load(Ks + bh * tl.cdiv(n, BLOCK_N) + start // BLOCK_N)          # δ_K,j
-        s = tl.dot(q, k).to(tl.float32) * (q_scale * k_scale)    # exact int32 -> logits
+        k_ptrs = Kc + base + keys[None, :] * D + offs_d[:, None]
+        k = tl.load(k_ptrs, mask=cols, other=0)
+        k_scale = tl.load(Ks + bh * tl.cdiv(n, BLOCK_N) + start // BLOCK_N)  # δ_K,j
+        s_int = tl.dot(q, k)                                      # exact, int32
+        s = s_int.to(tl.float32) * (q_scale * k_scale)            # S_ij
         s = tl.where(cols, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.math.exp2(m_i - m_new)
         p = tl.math.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_rows = keys[:, None] < n
-        v = tl.load(V + base + keys[:, None] * D + offs_d[None, :], mask=v_rows, other=0.0)
+        v_ptrs = V + base + keys[:, None] * D + offs_d[None, :]
+        v = tl.load(v_ptrs, mask=keys[:, None] < n, other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v)
         m_i = m_new
     out_ptrs = Out + base + offs_m[:, None] * D + offs_d[None, :]
     tl.store(out_ptrs, (acc / l_i[:, None]).to(tl.float16), mask=rows)
 
 
+# %% [markdown]
+# The host side smooths K, quantizes Q and K with `sage_ref`'s quantizer (codes and one scale per tile) and
+# launches one program per (query tile, batch · head):
+
+# %%
 def int8_flash(q, k, v, block_m=32, block_n=16):
-    """q, k, v [B, H, n, D] fp16 -> SageAttention v1's output (smoothed K, INT8 Q·Kᵀ)."""
+    """q, k, v [B, H, n, D] fp16 -> SageAttention v1 (smoothed K, INT8 Q·Kᵀ)."""
     batch, heads, n, d = q.shape
-    k_smooth, _ = sage_ref.smooth_k(k)                  # free for the softmax (tutorial 03)
+    k_smooth, _ = sage_ref.smooth_k(k)        # free for the softmax (tutorial 03)
     q_hat, k_hat = quantize_qk(q, k_smooth, sm_scale=d**-0.5, qk_granularity="block",
                                block_m=block_m, block_n=block_n)
     out = torch.empty_like(q)
     grid = (triton.cdiv(n, block_m), batch * heads)
-    int8_flash_kernel[grid](q_hat.codes.contiguous(), q_hat.scale.contiguous(),
-                            k_hat.codes.contiguous(), k_hat.scale.contiguous(),
-                            v.contiguous(), out, n, BLOCK_M=block_m, BLOCK_N=block_n, D=d)
+    int8_flash_kernel[grid](
+        q_hat.codes.contiguous(), q_hat.scale.contiguous(),
+        k_hat.codes.contiguous(), k_hat.scale.contiguous(),
+        v.contiguous(), out, n, BLOCK_M=block_m, BLOCK_N=block_n, D=d,
+    )
     return out
 
 
@@ -100,14 +112,13 @@ def int8_flash(q, k, v, block_m=32, block_n=16):
 # kernel accumulates in fp32, so the kernel may only be closer to the truth. Bound: twice the reference's error.
 
 # %%
-from sage_ref.study import make_inputs  # noqa: E402
-
 inputs = make_inputs("k-bias", batch=1, heads=2, seq_len=77, head_dim=32)
 q, k, v = (t.to(DEVICE) for t in inputs)
 out = int8_flash(q, k, v)
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
-ref = sage_ref.sage_attention(q, k, v, qk_granularity="block", pv="fp16",
-                              block_m=32, block_n=16)
+ref = sage_ref.sage_attention(
+    q, k, v, qk_granularity="block", pv="fp16", block_m=32, block_n=16
+)
 err_kernel = (out.double() - truth).abs().max().item()
 err_ref = (ref.double() - truth).abs().max().item()
 print(f"max |INT8 kernel - fp64| = {err_kernel:.2e}")
@@ -138,21 +149,25 @@ assert err_rung <= 2 * err_ref
 # ## Measured on a GPU
 #
 # The kernel alone (on pre-quantized inputs) against rung 1 and against rung 2's whole call, which quantizes Q
-# and K with separate PyTorch operations first, read from the committed benchmark:
+# and K with separate PyTorch operations first, read from the committed benchmark (TOPS as in tutorial 03):
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
-print("TFLOPS, head_dim 128, non-causal")
+print("TOPS, head_dim 128, non-causal")
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
-names = {"rung1-flash-fp16": "rung 1 (fp16)", "kernel-only-fp16": "INT8 kernel alone",
-         "rung2-int8-qk": "rung 2 whole call", "rung3-fused-quant": "rung 3 (fused quant)"}
-print("      N  " + "".join(f"{label:>22}" for label in names.values()))
+names = {
+    "rung1-flash-fp16": "rung 1 (fp16)",
+    "kernel-only-fp16": "INT8 kernel alone",
+    "rung2-int8-qk": "rung 2 (call)",
+    "rung3-fused-quant": "rung 3 (fused)",
+}
+print("      N  " + "".join(f"{label:>19}" for label in names.values()))
 for n in (1024, 8192, 32768):
-    print(f"  {n:5d}  " + "".join(f"{tops[name, n]:22.0f}" for name in names))
+    print(f"  {n:5d}  " + "".join(f"{tops[name, n]:19.0f}" for name in names))
 
 # %% [markdown]
 # INT8 makes the kernel faster than fp16 FlashAttention, but rung 2's host-side quantization reads and writes Q
