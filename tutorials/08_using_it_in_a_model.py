@@ -20,7 +20,7 @@ import sage_fast
 import sage_ref
 
 torch.manual_seed(0)
-# On a CPU, sageattn runs the sage_ref emulation of its kernels: slow, but the same arithmetic.
+# On a CPU, sageattn runs the sage_ref emulation of its kernels: slow, same arithmetic.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # %% [markdown]
@@ -38,13 +38,16 @@ class Block(torch.nn.Module):
         self.ln1, self.ln2 = torch.nn.LayerNorm(dim), torch.nn.LayerNorm(dim)
         self.qkv, self.proj = torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
         self.mlp = torch.nn.Sequential(
-            torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim)
+            torch.nn.Linear(dim, 4 * dim),
+            torch.nn.GELU(),
+            torch.nn.Linear(4 * dim, dim),
         )
 
     def forward(self, x, attention):
-        qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.heads, -1))   # [B, N, 3, H, D]
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))         # [B, H, N, D] views
-        x = x + self.proj(attention(q, k, v, is_causal=True).transpose(1, 2).flatten(-2))
+        qkv = self.qkv(self.ln1(x)).unflatten(-1, (3, self.heads, -1))  # [B,N,3,H,D]
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(dim=2))  # [B,H,N,D] views
+        o = attention(q, k, v, is_causal=True)                    # [B,H,N,D]
+        x = x + self.proj(o.transpose(1, 2).flatten(-2))
         return x + self.mlp(self.ln2(x))
 
 
@@ -87,12 +90,12 @@ assert cos > 0.999 and agree > 0.95
 # ## Way 2: `sageattn` in your own code
 #
 # `sageattn` has keyword arguments for what torch's function can't express: the layout, the P·V precision,
-# smoothing, the log-sum-exp. Its causal mask is aligned *bottom-right*, which is what decoding with a KV cache
-# needs: the last query sees every key. With `q_len == kv_len` the two conventions agree:
+# smoothing, the log-sum-exp. Here it runs the accurate fp16 P·V path in the same model, on the `HND` views
+# `[B, H, N, D]` the block makes:
 
 # %%
 def sage(q, k, v, is_causal):
-    return sage_fast.sageattn(q, k, v, is_causal=is_causal, pv="fp16")   # HND: [B, H, N, D]
+    return sage_fast.sageattn(q, k, v, is_causal=is_causal, pv="fp16")
 
 
 with torch.no_grad():
@@ -100,11 +103,37 @@ with torch.no_grad():
 cos = sage_ref.cosine_similarity(logits_fp16, logits_ref)
 print(f"pv=fp16: logits 1 - cosine = {1 - cos:.1e}")
 
-q, k, v = (torch.randn(1, 2, 4, 32, device=DEVICE) for _ in range(3))
-k8, v8 = torch.randn(1, 2, 8, 32, device=DEVICE), torch.randn(1, 2, 8, 32, device=DEVICE)
-# 4 new queries attend to an 8-key cache
-decode = sage_fast.sageattn(q, k8, v8, is_causal=True, pv="fp16")
-truth = sage_ref.naive_attention(q.double(), k8.double(), v8.double(), is_causal=True)
+# %% [markdown]
+# The block transposes its `[B, N, H, D]` projections into `HND` views. A model that keeps `[B, N, H, D]` can
+# pass them as they are with `tensor_layout="NHD"`: the same numbers, read in place, no copy:
+
+# %%
+block = model.blocks[0]
+with torch.no_grad():
+    x = block.ln1(model.embed(tokens))
+    qkv = block.qkv(x).unflatten(-1, (3, block.heads, -1))  # [B, N, 3, H, D]
+    q, k, v = qkv.unbind(dim=2)                             # [B, N, H, D] views
+    o_nhd = sage_fast.sageattn(
+        q, k, v, tensor_layout="NHD", is_causal=True, pv="fp16"
+    )
+    q_h, k_h, v_h = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, N, D] views
+    o_hnd = sage(q_h, k_h, v_h, is_causal=True)
+same = torch.equal(o_nhd, o_hnd.transpose(1, 2))
+print("NHD output == HND output, transposed:", same)
+assert same
+
+# %% [markdown]
+# `sageattn`'s causal mask is aligned *bottom-right*, which is what decoding with a KV cache needs: the last
+# query sees every key. With `q_len == kv_len`, as in the model above, the two conventions agree; with a cache
+# they differ. Four new queries over an 8-key cache:
+
+# %%
+q = torch.randn(1, 2, 4, 32, device=DEVICE)
+k_cache, v_cache = (torch.randn(1, 2, 8, 32, device=DEVICE) for _ in range(2))
+decode = sage_fast.sageattn(q, k_cache, v_cache, is_causal=True, pv="fp16")
+truth = sage_ref.naive_attention(
+    q.double(), k_cache.double(), v_cache.double(), is_causal=True
+)
 cos = sage_ref.cosine_similarity(decode, truth)
 print(f"4 queries over an 8-key cache, bottom-right causal: cosine {cos:.6f}")
 assert cos > 0.999
@@ -121,7 +150,8 @@ bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, torch {env['torch']}, triton {env['triton']}, {env['date']}:")
 print("causal, 32 heads")
-ms = {(r["name"], r["n"], r["head_dim"]): r["ms"] for r in bench["rows"] if r["causal"]}
+rows = [r for r in bench["rows"] if r["causal"]]
+ms = {(r["name"], r["n"], r["head_dim"]): r["ms"] for r in rows}
 print("      N   hd64 fp8   hd128 fp8   hd128 fp16   (speed-up over SDPA cuDNN)")
 for n in (1024, 4096, 8192, 16384, 32768):
     paths = ((64, "fp8"), (128, "fp8"), (128, "fp16"))
@@ -129,6 +159,6 @@ for n in (1024, 4096, 8192, 16384, 32768):
     print(f"  {n:5d}  " + "  ".join(f"{r:9.2f}×" for r in ratios))
 
 # %% [markdown]
-# The fp8 path breaks even at about 8k tokens and gains 10–16% by 32k; below 8k, the quantization launches cost more than 8-bit
-# arithmetic saves, and torch's SDPA is the better choice. The fp16 path does not beat cuDNN on this card:
+# The fp8 path breaks even at about 8k tokens and gains 10–16% by 32k; below 8k, the quantization launches
+# cost more than 8-bit arithmetic saves, and torch's SDPA is the better choice. The fp16 path does not beat cuDNN on this card:
 # it is the accurate path, and the one for GPUs without fp8 tensor cores.
