@@ -191,10 +191,13 @@ def sageattn(
     --------
     >>> import torch, sage_fast
     >>> q = torch.randn(2, 8, 100, 64, dtype=torch.float16)
-    >>> k = torch.randn(2, 2, 77, 64, dtype=torch.float16)  # GQA: 4 query heads per KV head
+    >>> # GQA: 2 KV heads, each shared by 4 query heads
+    >>> k = torch.randn(2, 2, 77, 64, dtype=torch.float16)
     >>> v = torch.randn_like(k)
-    >>> padding = torch.arange(77) < torch.tensor([77, 50])[:, None]  # sequence 2 has 50 real keys
-    >>> out, lse = sage_fast.sageattn(q, k, v, attn_mask=padding[:, None, None, :], return_lse=True)
+    >>> # key padding: sequence 2 has 50 real keys; the mask is [batch, 1, 1, kv_len]
+    >>> padding = torch.arange(77) < torch.tensor([77, 50])[:, None]
+    >>> mask = padding[:, None, None, :]
+    >>> out, lse = sage_fast.sageattn(q, k, v, attn_mask=mask, return_lse=True)
     >>> out.shape, out.dtype, lse.shape
     (torch.Size([2, 8, 100, 64]), torch.float16, torch.Size([2, 8, 100]))
     """
@@ -275,7 +278,8 @@ def scaled_dot_product_attention(
     --------
     >>> import torch, sage_fast
     >>> q, k, v = (torch.randn(1, 4, 10, 32) for _ in range(3))
-    >>> out = sage_fast.scaled_dot_product_attention(q, k[:, :, :7], v[:, :, :7], is_causal=True)
+    >>> k, v = k[:, :, :7], v[:, :, :7]  # 10 queries, 7 keys: causal is top-left
+    >>> out = sage_fast.scaled_dot_product_attention(q, k, v, is_causal=True)
     >>> out.shape
     torch.Size([1, 4, 10, 32])
     """
