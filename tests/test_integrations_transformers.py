@@ -75,6 +75,14 @@ def t5():
         return transformers.T5ForConditionalGeneration(config).eval()
 
 
+def rebuilt(model, implementation):
+    """The same weights built with ``implementation`` (transformers 5.17's set_attn_implementation does not
+    reach T5's stacks, whose configs are copies)."""
+    fresh = type(model)._from_config(model.config, attn_implementation=implementation).eval()
+    fresh.load_state_dict(model.state_dict())
+    return fresh
+
+
 def mistral():
     config = transformers.MistralConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                         num_attention_heads=4, num_key_value_heads=1, sliding_window=8,
@@ -85,7 +93,7 @@ def mistral():
 
 
 def outputs(model, implementation, routed, **inputs):
-    model.set_attn_implementation(implementation)
+    model = rebuilt(model, implementation)
     with torch.no_grad(), route_sdpa("fp16", strict=True) if routed else torch.no_grad():
         out = model(**inputs)
     return out.logits if getattr(out, "logits", None) is not None else out.last_hidden_state
@@ -109,6 +117,7 @@ def test_same_arithmetic_as_transformers_sdpa_path(case):
     ours = outputs(model, name, False, **inputs)
     theirs = outputs(model, "sdpa", True, **inputs)
     assert torch.equal(ours, theirs)
+    assert sage_hf.counts(name).sage_calls > 0 and sage_hf.counts(name).variants["torch"] == 0
 
 
 def test_kv_cache_prefill_in_chunks_and_greedy_decode():
@@ -225,6 +234,14 @@ def test_apply_plan_gives_each_layer_its_variant():
         sage_hf.apply_plan(model, AttentionPlan(layers={"decoder.9": "fp8"}, default="fp16", threshold=0.9), name=name)
     with pytest.raises(ValueError, match="implementation"):
         sage_hf.apply_plan(model, plan, name=name, implementation="reference")
+
+
+def test_a_half_switched_model_is_refused(monkeypatch):
+    """If set_attn_implementation leaves a submodule's config behind, sage does not run in part of the model."""
+    model = llama()
+    monkeypatch.setattr(model.model.layers[1].self_attn, "config", type(model.config)(**model.config.to_dict()))
+    with pytest.raises(ValueError, match="model.layers.1.self_attn"):
+        sage_hf.switch(model, sage_hf.register("sage_test_switch"))
 
 
 def test_capture_records_every_layer_and_restores_the_model():

@@ -134,7 +134,7 @@ def table(report: dict) -> str:
     """A short markdown table of a report."""
     a, t = report["agreement"], report["timing"]
     rows = [
-        ("cosine, last hidden states", f"{a['cosine_hidden']:.6f}"),
+        ("1 - cosine, last hidden states", f"{1 - a['cosine_hidden']:.1e}"),
         ("top-1 agreement of logits", f"{a['top1_agreement']:.2%}"),
         ("perplexity sdpa → sage", f"{a['perplexity_sdpa']:.2f} → {a['perplexity_sage']:.2f} ({a['perplexity_change']:+.3%})"),
     ]  # fmt: skip

@@ -133,6 +133,7 @@ def calibrate(calls, *, threshold: float = 0.999, default: str = "torch", varian
     if not calls or not all(isinstance(c, AttentionCall) for c in calls):
         raise ValueError("calls must be a non-empty list of AttentionCall (from a capture)")
     check_variant("default", default)
+    check_cosine("threshold", threshold)
     if variants is None:
         variants = variants_for(calls[0].query.device, implementation)
     metrics = measure(calls, variants, implementation=implementation)

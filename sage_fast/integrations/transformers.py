@@ -180,13 +180,30 @@ def counts(name: str = "sage") -> CallCounts:
     return registered(name).counts
 
 
+def switch(model, name: str) -> None:
+    """``model.set_attn_implementation(name)``, checked: every module's config must then say ``name``.
+
+    Some transformers versions do not reach every submodel (5.17 leaves T5's encoder and decoder
+    stacks, whose configs are copies, on their old implementation); a model half switched would run
+    sage in some layers only, so this refuses it.
+    """
+    model.set_attn_implementation(name)
+    stale = sorted({layer for layer, module in model.named_modules()
+                    if getattr(getattr(module, "config", None), "_attn_implementation", name) != name})  # fmt: skip
+    if stale:
+        raise ValueError(
+            f"set_attn_implementation({name!r}) did not reach {stale[:3]} in this transformers version; "
+            f"build the model with attn_implementation={name!r} instead"
+        )
+
+
 def apply_plan(model, plan: AttentionPlan, *, name: str = "sage", implementation: str = "auto") -> str:
     """Run ``model`` with sage, each attention module with its plan's variant; return the implementation name.
 
     Plan layers are the qualified names of ``model.named_modules()`` (as ``capture`` records them);
     a name the model lacks is a ValueError (a plan for another model), every module the plan does not
     list gets ``plan.default``. ``name`` is registered if it is not yet (with ``implementation``), and
-    the model is switched to it with ``model.set_attn_implementation``.
+    the model is switched to it with ``model.set_attn_implementation`` (checked by :func:`switch`).
     """
     if not isinstance(plan, AttentionPlan):
         raise TypeError(f"plan must be an AttentionPlan, got {type(plan).__name__}")
@@ -204,7 +221,7 @@ def apply_plan(model, plan: AttentionPlan, *, name: str = "sage", implementation
         )
     for layer, module in modules.items():
         function.module_variants[module] = plan.variant(layer)
-    model.set_attn_implementation(name)
+    switch(model, name)
     return name
 
 
@@ -241,8 +258,8 @@ def capture(model, run) -> list:
     modeling_utils.AttentionInterface.register(CAPTURE_NAME, recorder)
     masking_utils.AttentionMaskInterface.register(CAPTURE_NAME, masking_utils.sdpa_mask)
     previous = model.config._attn_implementation
-    model.set_attn_implementation(CAPTURE_NAME)
     try:
+        switch(model, CAPTURE_NAME)
         with torch.no_grad():
             run(model)
     finally:
