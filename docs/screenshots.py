@@ -68,9 +68,12 @@ CHECK_PAGE = r"""
     if (!html) problems.push(`link to a missing page: ${a.getAttribute("href")}`);
     else if (hash && !html.getElementById(hash)) problems.push(`link to a missing anchor: ${a.getAttribute("href")}`);
   }
-  for (const el of article.querySelectorAll("pre > code, .katex-display, table"))
-    if (el.scrollWidth > el.clientWidth + 1)
-      scrolls.push(`${el.tagName.toLowerCase()} ${el.scrollWidth - el.clientWidth} px too wide: ${short(el.innerText)}`);
+  // Material wraps each table in a scrolling div (.md-typeset__scrollwrap); extra.css lets the table scroll too.
+  for (const el of article.querySelectorAll("pre > code, .katex-display, .md-typeset__scrollwrap, table"))
+    if (el.scrollWidth > el.clientWidth + 1) {
+      const kind = el.matches(".md-typeset__scrollwrap") ? "table" : el.tagName.toLowerCase();
+      scrolls.push(`${kind} ${el.scrollWidth - el.clientWidth} px too wide: ${short(el.innerText)}`);
+    }
   return {height: document.documentElement.scrollHeight, problems: [...new Set(problems)], scrolls};
 })()
 """
