@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tiny_models import AGREEMENT  # noqa: F401  (skips the module without transformers)
+from tiny_models import AGREEMENT
 
 from sage_fast.evaluate.run import main
 

@@ -29,7 +29,9 @@ COSINES = st.floats(-1.0, 1.0, allow_nan=False)
 def plans(draw):
     layers = draw(st.dictionaries(NAMES, st.sampled_from(VARIANTS), max_size=5))
     metrics = draw(st.dictionaries(NAMES, st.dictionaries(st.sampled_from(VARIANTS), COSINES), max_size=3))
-    return AttentionPlan(layers=layers, default=draw(st.sampled_from(VARIANTS)), threshold=draw(COSINES), metrics=metrics)
+    return AttentionPlan(
+        layers=layers, default=draw(st.sampled_from(VARIANTS)), threshold=draw(COSINES), metrics=metrics
+    )
 
 
 @given(plan=plans())
@@ -39,21 +41,21 @@ def test_json_round_trip(plan, tmp_path_factory):
     assert AttentionPlan.from_json(plan.to_json()) == plan
 
 
-GOOD = dict(format="sage-attention-plan", version=1, threshold=0.99, default="fp16", layers={"a": "fp8"},
-            metrics={"a": {"fp8": 0.995}})  # fmt: skip
+GOOD = {"format": "sage-attention-plan", "version": 1, "threshold": 0.99, "default": "fp16", "layers": {"a": "fp8"},
+            "metrics": {"a": {"fp8": 0.995}}}  # fmt: skip
 BAD = [
-    (dict(layers={"a": "int8"}), ValueError, r"layers\['a'\]"),
-    (dict(default="fast"), ValueError, "default"),
-    (dict(threshold=1.5), ValueError, "threshold"),
-    (dict(threshold=True), TypeError, "threshold"),
-    (dict(threshold="0.9"), TypeError, "threshold"),
-    (dict(layers=["a"]), TypeError, "layers"),
-    (dict(layers={"": "fp8"}), TypeError, "layers"),
-    (dict(metrics={"a": {"fp8": 2.0}}), ValueError, "metrics"),
-    (dict(metrics={"a": {"fp4": 0.9}}), ValueError, "metrics"),
-    (dict(version=2), ValueError, "version"),
-    (dict(format="other"), ValueError, "format"),
-    (dict(extra=1), ValueError, "unknown plan fields"),
+    ({"layers": {"a": "int8"}}, ValueError, r"layers\['a'\]"),
+    ({"default": "fast"}, ValueError, "default"),
+    ({"threshold": 1.5}, ValueError, "threshold"),
+    ({"threshold": True}, TypeError, "threshold"),
+    ({"threshold": "0.9"}, TypeError, "threshold"),
+    ({"layers": ["a"]}, TypeError, "layers"),
+    ({"layers": {"": "fp8"}}, TypeError, "layers"),
+    ({"metrics": {"a": {"fp8": 2.0}}}, ValueError, "metrics"),
+    ({"metrics": {"a": {"fp4": 0.9}}}, ValueError, "metrics"),
+    ({"version": 2}, ValueError, "version"),
+    ({"format": "other"}, ValueError, "format"),
+    ({"extra": 1}, ValueError, "unknown plan fields"),
 ]
 
 
@@ -63,13 +65,17 @@ def test_bad_plans_are_refused_by_field(change, error, match):
         AttentionPlan.from_json(json.dumps({**GOOD, **change}))
 
 
-@pytest.mark.parametrize("text, match", [("{", "JSON"), ("[1]", "object"), ('{"format": "sage-attention-plan", "version": 1}', "threshold")])
+@pytest.mark.parametrize(
+    "text, match", [("{", "JSON"), ("[1]", "object"), ('{"format": "sage-attention-plan", "version": 1}', "threshold")]
+)
 def test_not_a_plan(text, match):
     with pytest.raises((TypeError, ValueError), match=match):
         AttentionPlan.from_json(text)
 
 
-@given(metrics=st.dictionaries(NAMES, st.fixed_dictionaries({v: COSINES for v in VARIANTS}), max_size=4), threshold=COSINES)
+@given(
+    metrics=st.dictionaries(NAMES, st.fixed_dictionaries({v: COSINES for v in VARIANTS}), max_size=4), threshold=COSINES
+)
 def test_choice_is_the_fastest_variant_that_meets_the_threshold(metrics, threshold):
     chosen = choose(metrics, threshold)
     assert set(chosen) == set(metrics)
@@ -101,7 +107,9 @@ def test_calibration_measures_against_a_true_truth(calls):
 def test_truth_in_chunks_of_heads_is_the_whole(calls, monkeypatch):
     """GQA (4 query heads over 2), a padding mask: one head at a time gives the same fp64 result."""
     call = calls[0]
-    per_head_mask = AttentionCall.of(call.layer, **{**call.sdpa_arguments(), "attn_mask": call.attn_mask.expand(2, 4, 48, 48)})
+    per_head_mask = AttentionCall.of(
+        call.layer, **{**call.sdpa_arguments(), "attn_mask": call.attn_mask.expand(2, 4, 48, 48)}
+    )
     whole = [truth(c) for c in (call, per_head_mask)]
     monkeypatch.setattr(calibration, "TRUTH_ELEMENTS", 1)
     assert all(torch.equal(truth(c), w) for c, w in zip((call, per_head_mask), whole))

@@ -25,13 +25,22 @@ def sdpa_calls(draw):
     batch, kv_heads, group = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.sampled_from([1, 2]))
     q_len, kv_len, head_dim = draw(st.integers(1, 70)), draw(st.integers(1, 70)), draw(st.sampled_from([8, 40]))
     gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-    q = torch.randn(batch, kv_heads * group, q_len, head_dim, generator=gen, dtype=draw(st.sampled_from([torch.float16, torch.float32])))
+    q = torch.randn(
+        batch,
+        kv_heads * group,
+        q_len,
+        head_dim,
+        generator=gen,
+        dtype=draw(st.sampled_from([torch.float16, torch.float32])),
+    )
     k = torch.randn(batch, kv_heads, kv_len, head_dim, generator=gen).to(q.dtype)
     v = torch.randn(batch, kv_heads, kv_len, head_dim, generator=gen).to(q.dtype)
     mask_kind = draw(st.sampled_from(["none", "causal", "key_padding_bool", "full_float", "bool_2d"]))
-    mask = None if mask_kind == "causal" else make_mask(mask_kind, batch, q.shape[1], q_len, kv_len, seed=1, dtype=q.dtype)
-    kwargs = dict(attn_mask=mask, is_causal=mask_kind == "causal", scale=draw(st.sampled_from([None, 0.2])),
-                  enable_gqa=group > 1)  # fmt: skip
+    mask = (
+        None if mask_kind == "causal" else make_mask(mask_kind, batch, q.shape[1], q_len, kv_len, seed=1, dtype=q.dtype)
+    )
+    kwargs = {"attn_mask": mask, "is_causal": mask_kind == "causal", "scale": draw(st.sampled_from([None, 0.2])),
+                  "enable_gqa": group > 1}  # fmt: skip
     return q, k, v, kwargs
 
 
@@ -54,7 +63,7 @@ def qkv(*shape, dtype=torch.float32, requires_grad=False):
 
 
 FALLBACKS = [
-    ("dropout", lambda: (qkv(1, 2, 9, 8), dict(dropout_p=0.5)), "dropout_p"),
+    ("dropout", lambda: (qkv(1, 2, 9, 8), {"dropout_p": 0.5}), "dropout_p"),
     ("needs grad", lambda: (qkv(1, 2, 9, 8, requires_grad=True), {}), "require grad"),
     ("float64", lambda: (qkv(1, 2, 9, 8, dtype=torch.float64), {}), "float64"),
     ("3-d", lambda: (qkv(2, 9, 8), {}), "4-d"),
@@ -115,8 +124,8 @@ def test_counts_accumulate_across_blocks():
     assert counts.variants["fp8"] == 2 and "fp8 2" in str(counts)
 
 
-@pytest.mark.parametrize("kwargs, error", [(dict(variant="int8"), ValueError), (dict(implementation="gpu"), ValueError),
-                                           (dict(strict=1), TypeError), (dict(counts={}), TypeError)])  # fmt: skip
+@pytest.mark.parametrize("kwargs, error", [({"variant": "int8"}, ValueError), ({"implementation": "gpu"}, ValueError),
+                                           ({"strict": 1}, TypeError), ({"counts": {}}, TypeError)])  # fmt: skip
 def test_bad_options_are_refused(kwargs, error):
     with pytest.raises(error, match=next(iter(kwargs))):
         route_sdpa(**kwargs)

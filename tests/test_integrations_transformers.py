@@ -34,7 +34,9 @@ def kept(states, mask):
 
 
 @pytest.mark.parametrize("variant", ["fp16", "fp8"])
-@pytest.mark.parametrize("build, padded", [(llama, 0), (llama, 11), (bert, 11)], ids=["llama", "llama-padded", "bert-padded"])
+@pytest.mark.parametrize(
+    "build, padded", [(llama, 0), (llama, 11), (bert, 11)], ids=["llama", "llama-padded", "bert-padded"]
+)
 def test_model_agrees_with_sdpa(build, padded, variant):
     """Causal with GQA (Llama, with and without left padding), bidirectional with padding (BERT)."""
     model = build()
@@ -101,11 +103,14 @@ def outputs(model, implementation, routed, **inputs):
 
 ids, mask = tokens(padded=11)
 PLUMBING = {
-    "llama-causal": (llama, dict(input_ids=ids)),
-    "llama-padded": (llama, dict(input_ids=ids, attention_mask=mask)),
-    "bert-padded": (bert, dict(input_ids=ids, attention_mask=mask)),
-    "t5-position-bias-cross-attention": (t5, dict(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :9])),
-    "mistral-sliding-window-mqa": (mistral, dict(input_ids=ids)),
+    "llama-causal": (llama, {"input_ids": ids}),
+    "llama-padded": (llama, {"input_ids": ids, "attention_mask": mask}),
+    "bert-padded": (bert, {"input_ids": ids, "attention_mask": mask}),
+    "t5-position-bias-cross-attention": (
+        t5,
+        {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": ids[:, :9]},
+    ),
+    "mistral-sliding-window-mqa": (mistral, {"input_ids": ids}),
 }
 
 
@@ -144,8 +149,8 @@ def test_kv_cache_prefill_in_chunks_and_greedy_decode():
 def call(module=None, **overrides):
     """One direct call of the registered function on small tensors (GQA 4 over 2 heads)."""
     gen = torch.Generator().manual_seed(0)
-    args = dict(query=torch.randn(1, 4, 9, 16, generator=gen), key=torch.randn(1, 2, 9, 16, generator=gen),
-                value=torch.randn(1, 2, 9, 16, generator=gen), attention_mask=None)  # fmt: skip
+    args = {"query": torch.randn(1, 4, 9, 16, generator=gen), "key": torch.randn(1, 2, 9, 16, generator=gen),
+                "value": torch.randn(1, 2, 9, 16, generator=gen), "attention_mask": None}  # fmt: skip
     args.update(overrides)
     function = sage_hf.registered(sage_hf.register("sage_test_call", variant="fp16"))
     module = module if module is not None else torch.nn.Module()
@@ -153,17 +158,17 @@ def call(module=None, **overrides):
 
 
 REFUSALS = [
-    (dict(dropout=0.1), ValueError, "dropout"),
-    (dict(softcap=30.0), ValueError, "softcap"),
-    (dict(s_aux=torch.zeros(4)), ValueError, "sinks"),
-    (dict(output_attentions=True), ValueError, "output_attentions"),
-    (dict(cu_seq_lens_q=torch.tensor([0, 9])), ValueError, "cu_seq_lens_q"),
-    (dict(made_up_option=3), ValueError, "made_up_option"),
-    (dict(query=torch.zeros(1, 4, 9, 300), key=torch.zeros(1, 2, 9, 300), value=torch.zeros(1, 2, 9, 300)), ValueError, "head_dim"),
-    (dict(query=torch.zeros(1, 4, 9, 16, dtype=torch.float64), key=torch.zeros(1, 2, 9, 16, dtype=torch.float64),
-          value=torch.zeros(1, 2, 9, 16, dtype=torch.float64)), TypeError, "float64"),
-    (dict(attention_mask=torch.ones(1, 1, 9, 7, dtype=torch.bool)), ValueError, "attn_mask"),
-    (dict(query=torch.zeros(1, 3, 9, 16)), ValueError, "heads"),
+    ({"dropout": 0.1}, ValueError, "dropout"),
+    ({"softcap": 30.0}, ValueError, "softcap"),
+    ({"s_aux": torch.zeros(4)}, ValueError, "sinks"),
+    ({"output_attentions": True}, ValueError, "output_attentions"),
+    ({"cu_seq_lens_q": torch.tensor([0, 9])}, ValueError, "cu_seq_lens_q"),
+    ({"made_up_option": 3}, ValueError, "made_up_option"),
+    ({"query": torch.zeros(1, 4, 9, 300), "key": torch.zeros(1, 2, 9, 300), "value": torch.zeros(1, 2, 9, 300)}, ValueError, "head_dim"),
+    ({"query": torch.zeros(1, 4, 9, 16, dtype=torch.float64), "key": torch.zeros(1, 2, 9, 16, dtype=torch.float64),
+          "value": torch.zeros(1, 2, 9, 16, dtype=torch.float64)}, TypeError, "float64"),
+    ({"attention_mask": torch.ones(1, 1, 9, 7, dtype=torch.bool)}, ValueError, "attn_mask"),
+    ({"query": torch.zeros(1, 3, 9, 16)}, ValueError, "heads"),
 ]  # fmt: skip
 
 
@@ -182,7 +187,11 @@ def test_training_mode_is_refused_by_name():
 
 def test_inputs_are_untouched_and_output_is_nhd():
     gen = torch.Generator().manual_seed(1)
-    q, k, v = torch.randn(2, 4, 9, 16, generator=gen), torch.randn(2, 2, 9, 16, generator=gen), torch.randn(2, 2, 9, 16, generator=gen)
+    q, k, v = (
+        torch.randn(2, 4, 9, 16, generator=gen),
+        torch.randn(2, 2, 9, 16, generator=gen),
+        torch.randn(2, 2, 9, 16, generator=gen),
+    )
     attention_mask = torch.rand(2, 1, 9, 9, generator=gen) > 0.3
     before = [t.clone() for t in (q, k, v, attention_mask)]
     out, weights = call(query=q, key=k, value=v, attention_mask=attention_mask)

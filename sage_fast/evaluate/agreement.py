@@ -25,7 +25,7 @@ def forward(model, tokens: torch.Tensor) -> dict:
     """The last hidden states [batch, seq, hidden] and logits [batch, seq, vocab] of one forward."""
     with torch.no_grad():
         out = model(input_ids=tokens, output_hidden_states=True)
-    return dict(hidden=out.hidden_states[-1], logits=out.logits)
+    return {"hidden": out.hidden_states[-1], "logits": out.logits}
 
 
 def perplexity(logits: torch.Tensor, tokens: torch.Tensor, decoder: bool) -> float:
@@ -41,13 +41,13 @@ def agreement(reference: dict, test: dict, tokens: torch.Tensor, *, decoder: boo
     ppl_ref = perplexity(reference["logits"], tokens, decoder)
     ppl_test = perplexity(test["logits"], tokens, decoder)
     top1 = (reference["logits"].argmax(-1) == test["logits"].argmax(-1)).double().mean().item()
-    return dict(
-        cosine_hidden=sage_ref.cosine_similarity(test["hidden"], reference["hidden"]),
-        top1_agreement=top1,
-        perplexity_sdpa=ppl_ref,
-        perplexity_sage=ppl_test,
-        perplexity_change=ppl_test / ppl_ref - 1,
-    )
+    return {
+        "cosine_hidden": sage_ref.cosine_similarity(test["hidden"], reference["hidden"]),
+        "top1_agreement": top1,
+        "perplexity_sdpa": ppl_ref,
+        "perplexity_sage": ppl_test,
+        "perplexity_change": ppl_test / ppl_ref - 1,
+    }
 
 
 def greedy(model, tokens: torch.Tensor, new_tokens: int) -> torch.Tensor:

@@ -23,14 +23,14 @@ from ..integrations.extras import require
 
 KINDS = {"llama": "decoder", "bert": "encoder"}
 SHAPES = {
-    ("llama", "tiny"): dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                            num_attention_heads=4, num_key_value_heads=2),
-    ("llama", "large"): dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                             num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0),
-    ("bert", "tiny"): dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4),
-    ("bert", "large"): dict(vocab_size=30522, hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                            num_attention_heads=16),
+    ("llama", "tiny"): {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                            "num_attention_heads": 4, "num_key_value_heads": 2},
+    ("llama", "large"): {"vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                             "num_attention_heads": 32, "num_key_value_heads": 8, "rope_theta": 500000.0},
+    ("bert", "tiny"): {"vocab_size": 256, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                           "num_attention_heads": 4},
+    ("bert", "large"): {"vocab_size": 30522, "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                            "num_attention_heads": 16},
 }  # fmt: skip
 
 

@@ -58,7 +58,9 @@ def parse_args(argv):
         parser.error("--new-tokens must be >= 0")
     if args.plan is not None and args.calibrate is not None:
         parser.error("--plan and --calibrate exclude each other")
-    args.dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    args.dtype = (
+        DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    )
     return args
 
 
@@ -108,26 +110,26 @@ def evaluate(args) -> dict:
             whole = timing.median_ms(lambda: model(input_ids=tokens), clock, reps=args.reps)
             model.set_attn_implementation(timed_name)
             attention = timed[implementation].median_ms(lambda: model(input_ids=tokens), reps=args.reps)
-        times[implementation] = dict(model_ms=whole, attention_ms=attention)
+        times[implementation] = {"model_ms": whole, "attention_ms": attention}
     counts = sage_hf.counts(SAGE_NAME)
 
     result = agreement.agreement(outputs["sdpa"], outputs[SAGE_NAME], tokens, decoder=decoder)
     if continuations:
         result["greedy_agreement"] = (continuations["sdpa"] == continuations[SAGE_NAME]).double().mean().item()
     sdpa, sage = times["sdpa"], times[SAGE_NAME]
-    speed = dict(
-        sdpa_model_ms=sdpa["model_ms"], sage_model_ms=sage["model_ms"], model_speedup=sdpa["model_ms"] / sage["model_ms"],
-        sdpa_attention_ms=sdpa["attention_ms"], sage_attention_ms=sage["attention_ms"],
-        attention_speedup=sdpa["attention_ms"] / sage["attention_ms"],
-        attention_share_sdpa=sdpa["attention_ms"] / sdpa["model_ms"],
-    )  # fmt: skip
+    speed = {
+        "sdpa_model_ms": sdpa["model_ms"], "sage_model_ms": sage["model_ms"], "model_speedup": sdpa["model_ms"] / sage["model_ms"],
+        "sdpa_attention_ms": sdpa["attention_ms"], "sage_attention_ms": sage["attention_ms"],
+        "attention_speedup": sdpa["attention_ms"] / sage["attention_ms"],
+        "attention_share_sdpa": sdpa["attention_ms"] / sdpa["model_ms"],
+    }  # fmt: skip
     env = dict(environment(), transformers=require("transformers").__version__, device=args.device)
-    return dict(
-        environment=env, model=args.model, config=args.config, seq_len=args.seq_len, batch=args.batch,
-        dtype=str(args.dtype).removeprefix("torch."), variant=args.variant, implementation=args.implementation,
-        plan=None if plan is None else json.loads(plan.to_json()), tokens="uniform random ids, seed "
-        f"{args.seed} (random weights: no text to read)", agreement=result, timing=speed, counts=counts.as_dict(),
-    )  # fmt: skip
+    return {
+        "environment": env, "model": args.model, "config": args.config, "seq_len": args.seq_len, "batch": args.batch,
+        "dtype": str(args.dtype).removeprefix("torch."), "variant": args.variant, "implementation": args.implementation,
+        "plan": None if plan is None else json.loads(plan.to_json()), "tokens": "uniform random ids, seed "
+        f"{args.seed} (random weights: no text to read)", "agreement": result, "timing": speed, "counts": counts.as_dict(),
+    }  # fmt: skip
 
 
 def table(report: dict) -> str:
@@ -161,4 +163,3 @@ def main(argv=None) -> dict:
     print(table(report))
     print(f"\nwritten: {path}")
     return report
-

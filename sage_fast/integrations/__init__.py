@@ -20,4 +20,4 @@ from .plan import AttentionPlan
 from .sdpa_router import SageSDPA, route_sdpa
 from .variants import VARIANTS
 
-__all__ = ["AttentionCall", "AttentionPlan", "CallCounts", "SageSDPA", "VARIANTS", "calibrate", "route_sdpa"]
+__all__ = ["VARIANTS", "AttentionCall", "AttentionPlan", "CallCounts", "SageSDPA", "calibrate", "route_sdpa"]

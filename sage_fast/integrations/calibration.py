@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +36,9 @@ class AttentionCall:
     query: torch.Tensor
     key: torch.Tensor
     value: torch.Tensor
-    attn_mask: Optional[torch.Tensor]
+    attn_mask: torch.Tensor | None
     is_causal: bool
-    scale: Optional[float]
+    scale: float | None
     enable_gqa: bool
 
     @classmethod
@@ -50,8 +49,8 @@ class AttentionCall:
                    bool(is_causal), scale, bool(enable_gqa))  # fmt: skip
 
     def sdpa_arguments(self) -> dict:
-        return dict(query=self.query, key=self.key, value=self.value, attn_mask=self.attn_mask,
-                    is_causal=self.is_causal, scale=self.scale, enable_gqa=self.enable_gqa)  # fmt: skip
+        return {"query": self.query, "key": self.key, "value": self.value, "attn_mask": self.attn_mask,
+                    "is_causal": self.is_causal, "scale": self.scale, "enable_gqa": self.enable_gqa}  # fmt: skip
 
 
 def truth(call: AttentionCall) -> torch.Tensor:

@@ -53,7 +53,7 @@ class SageAttnProcessor:
 
     def __init__(self, processor, layer: str, mode, counts: CallCounts):
         if isinstance(processor, torch.nn.Module):
-            raise ValueError(
+            raise TypeError(
                 f"the processor of {layer} ({type(processor).__name__}) has weights; wrapping it would take them "
                 "out of the model's modules, so sage does not wrap it"
             )

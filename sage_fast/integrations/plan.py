@@ -100,8 +100,8 @@ class AttentionPlan:
         return self.layers.get(layer, self.default)
 
     def to_json(self) -> str:
-        data = dict(format=FORMAT, version=VERSION, threshold=self.threshold, default=self.default,
-                    layers=self.layers, metrics=self.metrics)  # fmt: skip
+        data = {"format": FORMAT, "version": VERSION, "threshold": self.threshold, "default": self.default,
+                    "layers": self.layers, "metrics": self.metrics}  # fmt: skip
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -117,7 +117,9 @@ class AttentionPlan:
         if unknown:
             raise ValueError(f"unknown plan fields {unknown}; a plan has {list(FIELDS)}")
         if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(f"format/version must be {FORMAT!r}/{VERSION}, got {data.get('format')!r}/{data.get('version')!r}")
+            raise ValueError(
+                f"format/version must be {FORMAT!r}/{VERSION}, got {data.get('format')!r}/{data.get('version')!r}"
+            )
         for name in ("threshold", "default", "layers"):
             if name not in data:
                 raise ValueError(f"the plan has no {name!r}")

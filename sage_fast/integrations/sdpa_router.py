@@ -29,8 +29,8 @@ from .variants import attend, check_options, resolve
 def torch_sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                          enable_gqa=False):  # fmt: skip
     """torch's SDPA signature, to bind a call's positional and keyword arguments by name."""
-    return dict(query=query, key=key, value=value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                scale=scale, enable_gqa=enable_gqa)  # fmt: skip
+    return {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
+                "scale": scale, "enable_gqa": enable_gqa}  # fmt: skip
 
 
 class SageSDPA(TorchFunctionMode):
@@ -77,7 +77,9 @@ class SageSDPA(TorchFunctionMode):
             call = torch_sdpa_arguments(*args, **kwargs)
         except TypeError as error:  # an argument this torch has and sage does not know of
             return self.fall_back(func, args, kwargs, f"arguments sage does not know: {error}")
-        tensors = [t for t in (call["query"], call["key"], call["value"], call["attn_mask"]) if isinstance(t, torch.Tensor)]
+        tensors = [
+            t for t in (call["query"], call["key"], call["value"], call["attn_mask"]) if isinstance(t, torch.Tensor)
+        ]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
         variant = resolve(self.variant, call["query"].device) if tensors else self.variant
@@ -93,7 +95,11 @@ class SageSDPA(TorchFunctionMode):
 
     def fall_back(self, func, args, kwargs, reason, error=None):
         if self.strict:
-            raise error if error is not None else ValueError(f"sage cannot run this scaled_dot_product_attention call: {reason}")
+            raise (
+                error
+                if error is not None
+                else ValueError(f"sage cannot run this scaled_dot_product_attention call: {reason}")
+            )
         self.counts.fall_back(reason)
         return func(*args, **kwargs)
 

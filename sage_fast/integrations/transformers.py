@@ -69,7 +69,12 @@ def sdpa_call(module, query, key, value, attention_mask, dropout, scaling, is_ca
     for name, value_ in kwargs.items():
         if name in REFUSED and value_ is not None:
             raise ValueError(REFUSED[name])
-        if name not in REFUSED and name not in HONOURED_ELSEWHERE and name != "output_attentions" and value_ is not None:
+        if (
+            name not in REFUSED
+            and name not in HONOURED_ELSEWHERE
+            and name != "output_attentions"
+            and value_ is not None
+        ):
             raise ValueError(
                 f"keyword argument {name}={type(value_).__name__} is unknown to sage's attention function; "
                 "it cannot tell whether ignoring it is safe, so it refuses"
@@ -82,8 +87,8 @@ def sdpa_call(module, query, key, value, attention_mask, dropout, scaling, is_ca
         sdpa_attention = require("transformers.integrations.sdpa_attention")
         attention_mask = sdpa_attention.create_position_bias_mask(position_bias, attention_mask, is_causal, query, key)
         is_causal = False
-    return dict(query=query, key=key, value=value, attn_mask=attention_mask, is_causal=is_causal, scale=scaling,
-                enable_gqa=query.shape[1] != key.shape[1])  # fmt: skip
+    return {"query": query, "key": key, "value": value, "attn_mask": attention_mask, "is_causal": is_causal, "scale": scaling,
+                "enable_gqa": query.shape[1] != key.shape[1]}  # fmt: skip
 
 
 class SageAttention:

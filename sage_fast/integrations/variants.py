@@ -57,7 +57,13 @@ def attend(variant, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     check_options(variant, implementation)
     if variant == "torch":
         return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
             enable_gqa=enable_gqa,
         )
     return scaled_dot_product_attention(
