@@ -215,9 +215,9 @@ tops = {(r["rung"], r["head_dim"], r["n"]): r for r in bench["results"]}
 sizes = sorted({n for _, _, n in tops})
 columns = [(d, n) for d in (64, 128) for n in (sizes[0], sizes[-1])]
 print(f"  {'rung':17s}" + "".join(f"  {f'hd{d} N={n}':>13s}" for d, n in columns))
-for rung in RUNGS:
-    cells = [tops[rung.name, d, n] for d, n in columns]
-    print(f"  {rung.name:17s}" + "".join(
+for name in dict.fromkeys(r["rung"] for r in bench["results"]):  # the rungs measured
+    cells = [tops[name, d, n] for d, n in columns]
+    print(f"  {name:17s}" + "".join(
         f"  {c['tops']:5.2f} ({c['fraction_of_fp32_peak']:4.0%})" for c in cells))
 
 # %% [markdown]
