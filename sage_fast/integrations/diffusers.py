@@ -102,6 +102,8 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
           strict: bool = False) -> CallCounts:  # fmt: skip
     """Wrap every attention processor of ``model`` (a diffusers ModelMixin) and return their counts.
 
+    Applying again replaces the earlier wrappers (the original processors are kept inside).
+
     Parameters
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
@@ -113,8 +115,6 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
         Passed to ``sage_fast.sageattn``.
     strict : bool
         Raise instead of falling back to torch for a call sage cannot take.
-
-    Applying again replaces the earlier wrappers (the original processors are kept inside).
     """
     check_options(variant, implementation)
     if plan is not None and not isinstance(plan, AttentionPlan):
