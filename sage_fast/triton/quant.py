@@ -78,30 +78,32 @@ def kv_stats_kernel(
     offs_d = tl.arange(0, HEAD_DIM)
     d_ok = offs_d < head_dim
     out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
+    # Each thread accumulates its own elements over the chunk; the tile is reduced over tokens once
+    # at the end (a reduction per loaded tile would put a cross-warp exchange and a barrier in the loop).
     if tl.program_id(2) == 0:
         if SMOOTH_K:  # without smoothing the launch is for V alone
             # fp64, so the mean rounds to the same fp32 value as sage_ref's whatever the summation order.
-            total = tl.zeros([HEAD_DIM], tl.float64)
+            total = tl.zeros([BLOCK_N, HEAD_DIM], tl.float64)
             for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
                 rows = start + offs_n
                 k = tl.load(
                     K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
                     mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
                 ).to(tl.float32)
-                total += tl.sum(k.to(tl.float64), 0)
-            tl.store(KSum + out, total)
+                total += k.to(tl.float64)
+            tl.store(KSum + out, tl.sum(total, 0))
     else:
-        amax = tl.zeros([HEAD_DIM], tl.float32)
-        poison = tl.zeros([HEAD_DIM], tl.float32)
+        amax = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+        poison = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         for start in range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N):
             rows = start + offs_n
             v = tl.load(
                 V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
                 mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
             ).to(tl.float32)
-            amax = tl.maximum(amax, tl.max(tl.abs(v), 0))
-            poison += tl.sum(v * 0.0, 0)
-        tl.store(VAmax + out, nan_poisoned(amax, poison))
+            amax = tl.maximum(amax, tl.abs(v))
+            poison += v * 0.0
+        tl.store(VAmax + out, nan_poisoned(tl.max(amax, 0), tl.sum(poison, 0)))
 
 
 @triton.jit
@@ -191,6 +193,7 @@ def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1
 
 
 STATS_CHUNK = 2048  # tokens per statistics program: enough programs to fill the GPU, few partials to combine
+STATS_BLOCK_N = 64  # tokens per load in the statistics loop (H200: 64 > 16 > 32, docs/notes.md)
 
 
 def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
@@ -223,7 +226,7 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
     if smooth_k or v_fp8:
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
             k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
-            CHUNK=STATS_CHUNK, BLOCK_N=64, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
+            CHUNK=STATS_CHUNK, BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
         )  # fmt: skip
     quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
         k, v, k_sums, v_amax, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
