@@ -1,4 +1,4 @@
-"""``python -m sage_fast.evaluate``: see :mod:`sage_fast.evaluate.run`."""
+"""``python -m sage_fast.evaluate``: see ``sage_fast.evaluate.run``."""
 
 from .run import main
 
