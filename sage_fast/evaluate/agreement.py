@@ -37,7 +37,7 @@ def perplexity(logits: torch.Tensor, tokens: torch.Tensor, decoder: bool) -> flo
 
 
 def agreement(reference: dict, test: dict, tokens: torch.Tensor, *, decoder: bool) -> dict:
-    """The metrics of the module docstring for outputs of :func:`forward` (reference: torch's SDPA)."""
+    """The metrics of the module docstring for outputs of ``forward`` (reference: torch's SDPA)."""
     ppl_ref = perplexity(reference["logits"], tokens, decoder)
     ppl_test = perplexity(test["logits"], tokens, decoder)
     top1 = (reference["logits"].argmax(-1) == test["logits"].argmax(-1)).double().mean().item()
