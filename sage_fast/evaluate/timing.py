@@ -1,7 +1,7 @@
 """Timing a whole forward pass and the attention calls inside it, on a GPU (CUDA events) or a CPU.
 
 Whole model: the median over ``reps`` forwards after a warm-up, each bracketed by events (the GPU) or
-``time.perf_counter`` after a synchronisation. Attention: :class:`TimedAttention` wraps a
+``time.perf_counter`` after a synchronisation. Attention: ``TimedAttention`` wraps a
 transformers attention function and records an event pair around every call; the attention time
 of a forward is the sum of its calls' times, read after one synchronisation at the end (events do
 not stall the GPU). Medians, not means: a stray slow run (a clock change, another process) moves a
@@ -30,7 +30,7 @@ class Clock:
         return time.perf_counter()
 
     def ms(self, start, end) -> float:
-        """Milliseconds between two marks (call :meth:`sync` first on the GPU)."""
+        """Milliseconds between two marks (call ``sync`` first on the GPU)."""
         return start.elapsed_time(end) if self.cuda else (end - start) * 1e3
 
     def sync(self):
