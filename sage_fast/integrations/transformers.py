@@ -208,7 +208,7 @@ def apply_plan(model, plan: AttentionPlan, *, name: str = "sage", implementation
     Plan layers are the qualified names of ``model.named_modules()`` (as ``capture`` records them);
     a name the model lacks is a ValueError (a plan for another model), every module the plan does not
     list gets ``plan.default``. ``name`` is registered if it is not yet (with ``implementation``), and
-    the model is switched to it with ``model.set_attn_implementation`` (checked by :func:`switch`).
+    the model is switched to it with ``model.set_attn_implementation`` (checked by ``switch``).
     """
     if not isinstance(plan, AttentionPlan):
         raise TypeError(f"plan must be an AttentionPlan, got {type(plan).__name__}")
