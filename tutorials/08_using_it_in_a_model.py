@@ -6,6 +6,8 @@ You will learn:
   torch's function in code you don't;
 - how to check the swap on a whole model: compare its outputs and greedy decisions with and without it;
 - the two conventions to get right: layouts (`HND` / `NHD`) and where a causal mask is aligned;
+- how to try it in models you did not write: route torch's SDPA in a `with` block, or register sage with
+  Hugging Face transformers;
 - what the swap gains on an H200, by sequence length.
 """
 
@@ -137,6 +139,49 @@ truth = sage_ref.naive_attention(
 cos = sage_ref.cosine_similarity(decode, truth)
 print(f"4 queries over an 8-key cache, bottom-right causal: cosine {cos:.6f}")
 assert cos > 0.999
+
+# %% [markdown]
+# ## Way 3: models you did not write
+#
+# `sage_fast.integrations.route_sdpa` routes every call of torch's SDPA inside a `with` block through sage and
+# counts what ran where. A call sage cannot take (dropout, a gradient, float64) runs torch's own function and is
+# counted with its reason, so nothing falls back silently:
+
+# %%
+from sage_fast.integrations import route_sdpa
+
+with torch.no_grad(), route_sdpa() as counts:
+    logits_routed = model(tokens)
+print(counts)
+assert torch.equal(logits_routed, logits_sage) and counts.sage_calls == 2
+
+# %% [markdown]
+# For Hugging Face transformers, `register` makes sage an `attn_implementation`: the masks, the causal alignment,
+# the KV cache and grouped-query attention are handled as in transformers' own SDPA path. Here a small
+# Llama-shaped decoder with random weights (4 query heads over 2 KV heads) decodes greedily both ways.
+# [Using it in real models](../integrations.md) covers diffusers, the adaptive per-layer plan and the
+# end-to-end evaluation command.
+
+# %%
+import transformers
+
+from sage_fast.integrations import transformers as sage_hf
+
+config = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+name = sage_hf.register("sage")   # returns the name, for from_pretrained(..., attn_implementation=name)
+llama = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=name)
+llama = llama.to(DEVICE).eval()
+prompt = tokens[:, :32]
+decoded = {}
+for name in ("sage", "sdpa"):
+    llama.set_attn_implementation(name)
+    with torch.no_grad():
+        decoded[name] = llama.generate(prompt, attention_mask=torch.ones_like(prompt),
+                                       max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+agree = (decoded["sage"] == decoded["sdpa"]).float().mean().item()
+print(f"greedy tokens equal: {agree:.1%}; {sage_hf.counts('sage')}")
+assert agree > 0.95 and sage_hf.counts("sage").fallback_calls == 0
 
 # %% [markdown]
 # ## Measured on a GPU
