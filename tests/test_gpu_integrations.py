@@ -1,0 +1,55 @@
+"""GPU suite: the integrations with the Triton kernels (tiny random transformers models in fp16 on CUDA).
+
+The CPU suite checks the plumbing against transformers' own SDPA path bit for bit with the sage_ref
+emulation; here the kernels run, and the models are held to the agreement bound of tests/tiny_models.py.
+"""
+
+import pytest
+import torch
+from tiny_models import AGREEMENT, bert, llama, tokens
+
+import sage_ref
+from sage_fast.integrations import calibrate, route_sdpa
+from sage_fast.integrations import transformers as sage_hf
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def last_hidden(model, implementation, ids, mask):
+    model.set_attn_implementation(implementation)
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1][mask.bool()]
+
+
+@pytest.mark.parametrize("variant", ["fp16", "fp8"])
+@pytest.mark.parametrize("build", [llama, bert])
+def test_kernels_in_a_model_agree_with_sdpa(build, variant):
+    model = build().to("cuda", torch.float16)
+    ids, mask = (t.cuda() for t in tokens(padded=11, seq_len=300))
+    name = sage_hf.register(f"sage_gpu_{variant}", variant=variant)
+    cosine = sage_ref.cosine_similarity(last_hidden(model, name, ids, mask), last_hidden(model, "sdpa", ids, mask))
+    assert cosine >= AGREEMENT, cosine
+    assert sage_hf.counts(name).variants[variant] == 2
+
+
+def test_generate_and_route_on_the_gpu():
+    model = llama().to("cuda", torch.float16)
+    ids, mask = (t.cuda() for t in tokens(padded=11))
+    name = sage_hf.register("sage_gpu_generate", variant="fp16")
+    generated = {}
+    for implementation in (name, "sdpa"):
+        model.set_attn_implementation(implementation)
+        with torch.no_grad(), route_sdpa("fp16", strict=True) as counts:
+            generated[implementation] = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6,
+                                                       min_new_tokens=6, do_sample=False, pad_token_id=0)  # fmt: skip
+    assert (generated[name] == generated["sdpa"]).float().mean() > 0.9
+    assert counts.sage_calls == 2 * 6  # the routed sdpa path: prefill and 5 decode steps, 2 layers
+
+
+def test_calibration_picks_fp8_where_it_is_accurate_enough():
+    model = llama().to("cuda", torch.float16)
+    ids, mask = (t.cuda() for t in tokens(padded=11))
+    calls = sage_hf.capture(model, lambda m: m(input_ids=ids, attention_mask=mask))
+    plan = calibrate(calls, threshold=0.99)
+    expected = "fp8" if torch.cuda.get_device_capability() >= (8, 9) else "fp16"
+    assert set(plan.layers.values()) == {expected}, plan.metrics
