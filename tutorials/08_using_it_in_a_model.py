@@ -167,9 +167,11 @@ import transformers
 
 from sage_fast.integrations import transformers as sage_hf
 
-config = transformers.LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-name = sage_hf.register("sage")   # returns the name, for from_pretrained(..., attn_implementation=name)
+config = transformers.LlamaConfig(
+    vocab_size=256, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2,
+)
+name = sage_hf.register("sage")  # also for from_pretrained(attn_implementation=...)
 llama = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=name)
 llama = llama.to(DEVICE).eval()
 prompt = tokens[:, :32]
@@ -177,8 +179,10 @@ decoded = {}
 for name in ("sage", "sdpa"):
     llama.set_attn_implementation(name)
     with torch.no_grad():
-        decoded[name] = llama.generate(prompt, attention_mask=torch.ones_like(prompt),
-                                       max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+        decoded[name] = llama.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
+            min_new_tokens=8, do_sample=False, pad_token_id=0,
+        )
 agree = (decoded["sage"] == decoded["sdpa"]).float().mean().item()
 print(f"greedy tokens equal: {agree:.1%}; {sage_hf.counts('sage')}")
 assert agree > 0.95 and sage_hf.counts("sage").fallback_calls == 0
