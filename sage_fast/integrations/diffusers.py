@@ -107,7 +107,7 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     Parameters
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
-        The variant of every layer when no ``plan`` is given.
+        The variant of every layer; leave it "auto" when a ``plan`` is given.
     plan : AttentionPlan, optional
         Per-layer variants keyed by attention module name (e.g. from ``capture`` and
         ``sage_fast.integrations.calibration.calibrate``); a name the model lacks is a ValueError.
@@ -119,6 +119,8 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     check_options(variant, implementation)
     if plan is not None and not isinstance(plan, AttentionPlan):
         raise TypeError(f"plan must be an AttentionPlan or None, got {type(plan).__name__}")
+    if plan is not None and variant != "auto":
+        raise ValueError(f"pass variant={variant!r} or a plan, not both (a plan has its own default)")
     processors = layer_processors(model)
     if plan is not None:
         missing = sorted(set(plan.layers) - set(processors))

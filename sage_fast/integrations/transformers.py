@@ -126,7 +126,9 @@ REGISTERED: dict[str, SageAttention] = {}
 
 
 def check_name(name) -> str:
-    if not isinstance(name, str) or not name or "/" in name or "|" in name:
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if not name or "/" in name or "|" in name:
         raise ValueError(f"name must be a non-empty str without '/' or '|' (hub kernels, paged), got {name!r}")
     if name in BUILTIN_NAMES:
         raise ValueError(f"name {name!r} is one of transformers' own attention implementations; pick another")
