@@ -6,7 +6,7 @@ gives the output's shape, dtype and strides. So ``torch.compile(fullgraph=True)`
 without a graph break, and the Triton launches inside the op are opaque to it (and capturable by
 CUDA graphs: no host synchronisation, no data-dependent shapes).
 
-The op runs the fused pipeline of rung 3 (``pv="fp16"``) or rung 4 (``pv="fp8"``) of the Triton
+The op runs the fused pipeline of rung 3 (``pv="fp16"``) or rung 5 (``pv="fp8"``) of the Triton
 ladder, or, as ``implementation="reference"``, the sage_ref emulation those rungs are tested
 against (same quantization blocks, same rounding points), which works on any device.
 """
@@ -22,14 +22,14 @@ from triton.runtime.interpreter import InterpretedFunction
 import sage_ref
 from sage_ref.checks import check_attn_mask, check_choice, check_flag, check_qkv, resolve_sm_scale
 
-from .triton import attn_int8, rung3_fused_quant, rung4_fp8_pv
+from .triton import attn_int8, rung3_fused_quant, rung5_tma
 
 LAYOUTS = ("HND", "NHD")
 PV_CHOICES = ("auto", "fp16", "fp8")
 IMPLEMENTATIONS = ("auto", "triton", "numba", "reference")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 e4m3 tensor cores: Ada (sm89) and Hopper (sm90)
-PV_RUNGS = {"fp16": rung3_fused_quant, "fp8": rung4_fp8_pv}  # each module's BLOCK_M/N are its quantization blocks
+PV_RUNGS = {"fp16": rung3_fused_quant, "fp8": rung5_tma}  # each module's BLOCK_M/N are its quantization blocks
 
 
 def reference_forward(q, k, v, *, is_causal, sm_scale, smooth_k, pv, attn_mask, return_lse):
@@ -56,7 +56,7 @@ def sageattn_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated HND views in, (out like ``torch.empty_like(q)``, lse [B,H,Nq] fp32 or an empty [0]) out.
 
-    backend "triton" runs rung 3 (pv "fp16") or rung 4 (pv "fp8"); "numba" the fastest Numba rung
+    backend "triton" runs rung 3 (pv "fp16") or rung 5 (pv "fp8"); "numba" the fastest Numba rung
     (``sage_fast.numba.forward``, fp16 P·V, no masks); "reference" the Triton rungs' sage_ref emulation.
     """
     kwargs = dict(is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask, return_lse=return_lse)

@@ -74,11 +74,11 @@ def implementations(causal):
 
 def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
-    from sage_fast.triton import attn_int8, rung3_fused_quant, rung4_fp8_pv
+    from sage_fast.triton import attn_int8, rung3_fused_quant, rung5_tma
     from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
-    tiles = tiles or (rung4_fp8_pv.TILES if v_fp8 else rung3_fused_quant.TILES)
+    tiles = tiles or (rung5_tma.TILES if v_fp8 else rung3_fused_quant.TILES)
     block_m, block_n = tiles.block_m, tiles.block_n
     dp = head_dim_block(q.shape[-1], INT8_MIN_HEAD_DIM)
     kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
@@ -87,6 +87,7 @@ def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     return lambda: attn_int8.launch(
         q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
         is_causal=causal, block_m=block_m, block_n=block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+        maxnreg=tiles.maxnreg(dp), tma=tiles.tma,
     )  # fmt: skip
 
 
@@ -164,7 +165,7 @@ def quant_breakdown():
     """Where the whole call's time goes: each launch of the fp8 pipeline, timed alone (N = 1k and 8k, hd128)."""
     from triton.testing import do_bench
 
-    from sage_fast.triton import rung4_fp8_pv as r4
+    from sage_fast.triton import rung5_tma as r5
     from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
@@ -174,10 +175,10 @@ def quant_breakdown():
         q, k, v = (torch.randn(batch, heads, n, head_dim, device="cuda", dtype=torch.float16) for _ in range(3))
         dp = head_dim_block(head_dim, INT8_MIN_HEAD_DIM)
         parts = {
-            "quantize_kv": lambda: quantize_kv(k, v, block_n=r4.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=True),
-            "quantize_q": lambda: quantize_q(q, sm_scale=head_dim**-0.5, block_m=r4.BLOCK_M, head_dim_padded=dp),
+            "quantize_kv": lambda: quantize_kv(k, v, block_n=r5.BLOCK_N, head_dim_padded=dp, smooth_k=True, v_fp8=True),
+            "quantize_q": lambda: quantize_q(q, sm_scale=head_dim**-0.5, block_m=r5.BLOCK_M, head_dim_padded=dp),
             "attention kernel": kernel_only(q, k, v, False, v_fp8=True),
-            "rung 4 whole call": lambda: r4.forward(q, k, v),
+            "rung 5 whole call": lambda: r5.forward(q, k, v),
             "copy of q, k and v": lambda: (q.clone(), k.clone(), v.clone()),
         }
         for name, fn in parts.items():
@@ -231,8 +232,12 @@ def plot(rows, path):
     panels = sorted({(r["head_dim"], r["causal"]) for r in rows if "tops" in r})
     names = sorted({r["name"] for r in rows if "tops" in r})
     colors = plt.cm.tab20.colors
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
-    for ax, (hd, causal) in zip(axes[0], panels):
+    cols = 2  # a 2-column grid stays readable at a docs page's width
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(11, 4.2 * rows_n + 1.2), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (hd, causal) in zip(axes.flat, panels):
         for i, name in enumerate(names):
             pts = [(r["n"], r["tops"]) for r in rows if r["name"] == name and r["head_dim"] == hd and r["causal"] == causal and "tops" in r]
             if pts:
@@ -244,8 +249,8 @@ def plot(rows, path):
         ax.set_ylabel("TOPS")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 7), fontsize=8)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9)
+    fig.tight_layout(rect=(0, 1.1 / (4.2 * rows_n + 1.2), 1, 1))
     fig.savefig(path, dpi=110)
 
 
@@ -255,14 +260,17 @@ def table(rows):
     for r in rows:
         if "tops" in r:
             by.setdefault((r["head_dim"], r["causal"], r["n"]), {})[r["name"]] = r
-    lines = [f"{'shape':24s} " + " ".join(f"{c:>10s}" for c in ("cudnn", "1.0.6", "rung3", "rung4", "kern-fp8", "r4/cudnn", "r4/1.0.6"))]
+    columns = ("cudnn", "1.0.6", "sage fp16", "sage fp8", "kern-fp8", "fp8/cudnn", "fp8/1.0.6")
+    lines = [f"{'shape':24s} " + " ".join(f"{c:>10s}" for c in columns)]
     for (hd, causal, n), d in sorted(by.items()):
         get = lambda name: d.get(name, {}).get("tops", math.nan)  # noqa: E731
-        cud, old, r3, r4, kf = get("sdpa-cudnn"), get("sageattention-1.0.6"), get("rung3-fused-quant"), get("rung4-fp8-pv"), get("kernel-only-fp8")
+        cud, old, f16, f8, kf = (
+            get(name) for name in ("sdpa-cudnn", "sageattention-1.0.6", "sageattn-fp16", "sageattn-fp8", "kernel-only-fp8")
+        )
         lines.append(
             f"hd{hd} {'causal' if causal else 'full':6s} N={n:<7d}    "
-            + " ".join(f"{x:10.1f}" for x in (cud, old, r3, r4, kf))
-            + f" {r4 / cud:10.2f} {r4 / old:10.2f}"
+            + " ".join(f"{x:10.1f}" for x in (cud, old, f16, f8, kf))
+            + f" {f8 / cud:10.2f} {f8 / old:10.2f}"
         )
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ COLUMNS = (
     ("rung2-int8-qk", "rung 2"),
     ("rung3-fused-quant", "rung 3"),
     ("rung4-fp8-pv", "rung 4"),
+    ("rung5-tma", "rung 5"),
     ("sageattn-fp16", "sageattn fp16"),
     ("sageattn-fp8", "sageattn fp8"),
     ("kernel-only-fp16", "kernel fp16"),

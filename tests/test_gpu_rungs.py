@@ -36,7 +36,7 @@ def rungs():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("-causal" if s[6] else ""))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rung_index", range(4))
+@pytest.mark.parametrize("rung_index", range(5))
 def test_rung_matches_emulation(rung_index, dtype, shape):
     rung = rungs()[rung_index]
     major, minor = torch.cuda.get_device_capability()

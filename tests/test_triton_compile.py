@@ -91,6 +91,7 @@ PRODUCTS = {
     "2-int8-qk": (S8_S32, F16_F16, True),
     "3-fused-quant": (S8_S32, F16_F16, True),
     "4-fp8-pv": (S8_S32, E4M3_F32, True),
+    "5-tma": (S8_S32, E4M3_F32, True),
 }
 
 
@@ -232,3 +233,19 @@ def test_refuses_arch_below_min_arch(builds, case):
     assert failures, f"{case['rung']} builds for sm{arch}: lower its min_arch or find why it should not"
     reasons = [b.error[-300:] for b in failures]
     assert any("fp8e4nv" in reason for reason in reasons), f"refused, but not for lack of e4m3: {reasons}"
+
+
+# Rungs whose K̂/V̂ᵀ tiles come through tensor descriptors: on sm90 the key loop must copy them with
+# the TMA unit (cp.async.bulk.tensor), not with per-thread cp.async (what a lowering fallback emits).
+TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith("5")}
+
+
+@pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in TMA_RUNGS])
+def test_tma_copies_key_and_value_tiles(builds, case, arch):
+    build = attention_build(builds, case, arch)
+    bulk = len(re.findall(r"\bcp\.async\.bulk\.tensor\.2d\.", build.ptx))
+    if arch >= 90:
+        # K̂ and V̂ᵀ, in the unmasked and the masked loop (the pipeliner may peel more copies).
+        assert bulk >= 4, f"{build}: {bulk} TMA tensor copies, expected K and V in both key loops"
+    else:
+        assert bulk == 0, f"{build}: sm{arch} has no TMA unit but the PTX copies with cp.async.bulk.tensor"

@@ -70,9 +70,22 @@ def test_int8_qk_fp16_pv_rungs(rung, data):
 
 # fp8 P·V: per element, a P whose e4m3 rounding flips (exp2's last bit) can exceed the noise term
 # where the emulation happens to be right, so the bound holds on the maximum (attention_bounds.py).
+@pytest.mark.parametrize("rung", RUNGS[3:], ids=lambda r: r.name)
 @given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
-def test_rung4_fp8_pv(data):
-    check_rung(RUNGS[3], *data, elementwise=False)
+def test_fp8_pv_rungs(rung, data):
+    check_rung(rung, *data, elementwise=False)
+
+
+@given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
+def test_rung5_equals_rung4(data):
+    """TMA changes how K̂ and V̂ᵀ reach the kernel, not what it computes: rung 5 is rung 4 bit for bit,
+    including the keys of the last tile that lie past kv_len (another head's codes, masked)."""
+    q, k, v, is_causal = data
+    with poisoned_allocations():
+        out5, lse5 = RUNGS[4].forward(q, k, v, is_causal=is_causal, return_lse=True)
+    out4, lse4 = RUNGS[3].forward(q, k, v, is_causal=is_causal, return_lse=True)
+    assert torch.equal(out5, out4)
+    torch.testing.assert_close(lse5, lse4, rtol=0, atol=0, equal_nan=True)
 
 
 @given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)), block=st.sampled_from([(64, 128), (128, 64)]))

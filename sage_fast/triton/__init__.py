@@ -17,7 +17,7 @@ if knobs.runtime.interpret:
 
     interpreter_fixes.apply()
 
-from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv  # noqa: E402
+from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5_tma  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -54,4 +54,5 @@ RUNGS = (
     Rung("2-int8-qk", rung2_int8_qk.forward, _sage_ref("fp16", rung2_int8_qk), 80, True),
     Rung("3-fused-quant", rung3_fused_quant.forward, _sage_ref("fp16", rung3_fused_quant), 80, True),
     Rung("4-fp8-pv", rung4_fp8_pv.forward, _sage_ref("fp8", rung4_fp8_pv), 89, True),
+    Rung("5-tma", rung5_tma.forward, _sage_ref("fp8", rung5_tma), 89, True),
 )

@@ -28,6 +28,7 @@ the host.
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import bias_base2, finish, key_range, softmax_step, softmax_step_int, unmasked_range, visible
 from .launch import attention_grid, lse_buffer, strides
@@ -41,24 +42,30 @@ FULL_BIAS = tl.constexpr(2)
 
 @triton.jit
 def attend(
-    acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, lo, hi,
-    offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
+    acc, m_i, l_i, q, q_scale, k_src, k_scale_ptr, v_src, bias_ptrs, lo, hi,
+    offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim, k_row, v_row,
     BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, IS_CAUSAL: tl.constexpr, PV_FP8: tl.constexpr,
-    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr, MASKED: tl.constexpr,
+    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     """Key tiles [lo, hi) of one query tile: scores, online softmax, P·V. Returns (acc, m_i, l_i).
 
     MASKED=False is the hot loop over tiles every row sees in full: no bounds checks, no -inf
     fill, the dequantization folded into the exponent's FMA (when no attention mask is given).
     For fp8, P comes out of exp2 already scaled into [0, 448] (log2 448 added to the exponent).
+    k_src and v_src are pointer tiles or, with TMA, tensor descriptors of K̂ [B·Hkv·Nkv, Dp] and
+    V̂ᵀ [B·Hkv·Dp, Npad] whose tiles start at rows k_row + start_n and v_row.
     """
     P_LOG2: tl.constexpr = LOG2_448 if PV_FP8 else 0.0
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
+        if TMA:
+            # One thread issues the copy of the whole [BLOCK_N, HEAD_DIM] tile; keys past kv_len are
+            # the next head's (or zeros): finite int8 codes whose scores the mask below removes.
+            k = k_src.load([k_row + start_n, 0]).T
+        elif MASKED:
+            k = tl.load(k_src + start_n * HEAD_DIM, mask=keys[None, :] < kv_len)
         else:
-            k = tl.load(k_ptrs + start_n * HEAD_DIM)
+            k = tl.load(k_src + start_n * HEAD_DIM)
         scale = q_scale * tl.load(k_scale_ptr + start_n // BLOCK_N)
         s_int = tl.dot(q, k)
         if MASKED or BIAS != NO_BIAS:
@@ -79,12 +86,16 @@ def attend(
         else:
             p, alpha, m_i, l_i = softmax_step_int(s_int, scale, m_i, l_i, P_LOG2)
         if PV_FP8:
-            pv = tl.dot(p.to(tl.float8e4nv), tl.load(v_ptrs + start_n))
+            if TMA:
+                v = v_src.load([v_row, start_n]).T
+            else:
+                v = tl.load(v_src + start_n)
+            pv = tl.dot(p.to(tl.float8e4nv), v)
         else:
             v_ok = offs_d[None, :] < head_dim
             if MASKED:
                 v_ok = v_ok & (keys[:, None] < kv_len)
-            v = tl.load(v_ptrs + start_n * sv_n, mask=v_ok, other=0.0)
+            v = tl.load(v_src + start_n * sv_n, mask=v_ok, other=0.0)
             pv = tl.dot(p.to(tl.float16), v.to(tl.float16), out_dtype=tl.float16).to(tl.float32)
         # One fma, not `acc * alpha + pv`: Triton folds `x + dot(a, b, 0)` into `dot(a, b, x)`
         # where it may (sm89's fp8 dot), which would feed the running total through fp8's
@@ -102,7 +113,7 @@ def sage_attn_kernel(
     heads, group, kv_heads, q_len, kv_len, kv_len_padded, head_dim,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     IS_CAUSAL: tl.constexpr, PV_FP8: tl.constexpr, RETURN_LSE: tl.constexpr, WITH_SHIFT: tl.constexpr,
-    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr,
+    BIAS: tl.constexpr, BIAS_BOOL: tl.constexpr, TMA: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
     start_m = pid_m * BLOCK_M
@@ -116,13 +127,17 @@ def sage_attn_kernel(
 
     q = tl.load(QInt8 + (bh * q_len + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], mask=offs_m[:, None] < q_len)
     q_scale = tl.load(QScale + bh * tl.num_programs(0) + pid_m)
-    k_ptrs = KInt8 + (kv_bh * kv_len + offs_n[None, :]) * HEAD_DIM + offs_d[:, None]
     k_scale_ptr = KScale + kv_bh * tl.cdiv(kv_len, BLOCK_N)
-    if PV_FP8:
-        # V is stored transposed [D, N_padded]: the keys, P·V's reduction axis, are contiguous.
-        v_ptrs = V + (kv_bh * HEAD_DIM + offs_d[None, :]) * kv_len_padded + offs_n[:, None]
+    if TMA:  # KInt8 and V are tensor descriptors (rung 5)
+        k_src = KInt8
+        v_src = V
     else:
-        v_ptrs = V + b * sv_b + (h // group) * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
+        k_src = KInt8 + (kv_bh * kv_len + offs_n[None, :]) * HEAD_DIM + offs_d[:, None]
+        if PV_FP8:
+            # V is stored transposed [D, N_padded]: the keys, P·V's reduction axis, are contiguous.
+            v_src = V + (kv_bh * HEAD_DIM + offs_d[None, :]) * kv_len_padded + offs_n[:, None]
+        else:
+            v_src = V + b * sv_b + (h // group) * sv_h + offs_n[:, None] * sv_n + offs_d[None, :] * sv_d
     bias_ptrs = Bias + b * sb_b + h * sb_h
     if BIAS == FULL_BIAS:
         bias_ptrs = bias_ptrs + offs_m[:, None].to(tl.int64) * sb_m
@@ -133,15 +148,17 @@ def sage_attn_kernel(
     # Tiles every row sees in full run without masks; the causal diagonal and the kv tail, with.
     mid = unmasked_range(start_m, q_len, kv_len, BLOCK_N, IS_CAUSAL)
     hi = key_range(start_m, q_len, kv_len, BLOCK_M, IS_CAUSAL)
+    k_row = (kv_bh * kv_len).to(tl.int32)  # descriptor coordinates are int32
+    v_row = (kv_bh * HEAD_DIM).to(tl.int32)
     acc, m_i, l_i = attend(
-        acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, 0, mid,
-        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
-        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, False,
+        acc, m_i, l_i, q, q_scale, k_src, k_scale_ptr, v_src, bias_ptrs, 0, mid,
+        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim, k_row, v_row,
+        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, False, TMA,
     )  # fmt: skip
     acc, m_i, l_i = attend(
-        acc, m_i, l_i, q, q_scale, k_ptrs, k_scale_ptr, v_ptrs, bias_ptrs, mid, hi,
-        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim,
-        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, True,
+        acc, m_i, l_i, q, q_scale, k_src, k_scale_ptr, v_src, bias_ptrs, mid, hi,
+        offs_m, offs_n, offs_d, sv_n, sb_n, q_len, kv_len, head_dim, k_row, v_row,
+        BLOCK_N, HEAD_DIM, IS_CAUSAL, PV_FP8, BIAS, BIAS_BOOL, True, TMA,
     )  # fmt: skip
 
     if PV_FP8:
@@ -176,18 +193,22 @@ def bias_view(attn_mask, shape):
 
 
 def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal, block_m, block_n,
-           v_scale=None, shift=None, attn_mask=None, return_lse=False, num_warps=8, num_stages=3):  # fmt: skip
+           v_scale=None, shift=None, attn_mask=None, return_lse=False, num_warps=8, num_stages=3, maxnreg=None,
+           tma=False):  # fmt: skip
     """Run ``sage_attn_kernel`` on quantized inputs.
 
     q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)],
     k_scale [B,Hkv,ceil(Nkv/block_n)]; v: the original V [B,Hkv,Nkv,D] (fp16 P·V) or, with
     ``v_scale`` [B,Hkv,Dp], V̂ᵀ [B,Hkv,Dp,Npad] in e4m3 (fp8 P·V). ``out_like`` gives the
     output's shape/dtype/device. ``attn_mask``: bool (True = attend) or natural-log additive
-    bias, broadcastable to [B,H,Nq,Nkv], any strides. Returns out (and lse [B,H,Nq] fp32, natural log).
+    bias, broadcastable to [B,H,Nq,Nkv], any strides. ``tma`` (fp8 P·V only): K̂ and V̂ᵀ reach the
+    kernel as tensor descriptors, so their tiles are copied by the TMA unit (sm90; a plain load elsewhere).
+    Returns out (and lse [B,H,Nq] fp32, natural log).
     """
     batch, heads, q_len, head_dim_padded = q_int8.shape
     kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
     pv_fp8 = v_scale is not None
+    kv_len_padded = v.shape[-1] if pv_fp8 else kv_len
     out = torch.empty_like(out_like)
     lse = lse_buffer(out, return_lse)
     bias, bias_strides, bias_mode = bias_view(attn_mask, (batch, heads, q_len, kv_len))
@@ -195,14 +216,19 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal
         # Each pipeline stage also buffers a [block_m, block_n] mask tile; beside 256-wide K and V
         # tiles, three stages overflow Hopper's 227 KiB of shared memory.
         num_stages = min(num_stages, 2)
+    if tma:
+        if not pv_fp8:
+            raise ValueError("tma=True needs the fp8 P·V layout (v_scale and V̂ᵀ): fp16 P·V reads V with any strides")
+        k_int8 = TensorDescriptor.from_tensor(k_int8.view(-1, head_dim_padded), [block_n, head_dim_padded])
+        v = TensorDescriptor.from_tensor(v.view(-1, kv_len_padded), [head_dim_padded, block_n])
     sage_attn_kernel[attention_grid(out, block_m)](
         q_int8, k_int8, q_scale, k_scale, v, v_scale if pv_fp8 else q_scale, out, lse,
         shift if shift is not None else lse, bias if bias is not None else q_scale,
         *(strides(v) if not pv_fp8 else (0, 0, 0, 0)), *strides(out), *bias_strides,
-        heads, heads // kv_heads, kv_heads, q_len, kv_len, v.shape[-1] if pv_fp8 else kv_len, head_dim,
+        heads, heads // kv_heads, kv_heads, q_len, kv_len, kv_len_padded, head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim_padded, IS_CAUSAL=is_causal,
         PV_FP8=pv_fp8, RETURN_LSE=return_lse, WITH_SHIFT=shift is not None,
-        BIAS=bias_mode, BIAS_BOOL=bias is not None and bias.dtype == torch.bool,
-        num_warps=num_warps, num_stages=num_stages,
+        BIAS=bias_mode, BIAS_BOOL=bias is not None and bias.dtype == torch.bool, TMA=tma,
+        num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg,
     )  # fmt: skip
     return (out, lse) if return_lse else out

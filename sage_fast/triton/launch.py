@@ -2,6 +2,7 @@
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import triton
@@ -37,9 +38,17 @@ def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Tiles:
-    """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages."""
+    """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages, and
+    ``small_head_registers``, a cap on registers per thread for HEAD_DIM <= 64 (None: the compiler's choice),
+    and ``tma``: K and V tiles copied through tensor descriptors (the Hopper TMA unit) instead of per-thread loads."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    small_head_registers: Optional[int] = None
+    tma: bool = False
+
+    def maxnreg(self, head_dim_padded: int) -> Optional[int]:
+        """The launch's ``maxnreg``: fewer registers per thread let more programs share an SM."""
+        return self.small_head_registers if head_dim_padded <= 64 else None

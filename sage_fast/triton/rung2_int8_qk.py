@@ -7,11 +7,11 @@ kernel multiplies int8 tiles on the tensor cores into int32 and dequantizes with
 multiply by q_scale · k_scale; P·V uses an fp16 accumulator inside each key tile, fp32
 across tiles.
 
-What it bought (H200, 2026-11-26; docs/benchmarks.md): the kernel alone runs at 507 TOPS
-(hd128, N = 8k) against rung 1's 424, but the whole call falls to 266: PyTorch's separate
+What it bought (H200, 2026-11-26; docs/benchmarks.md): the kernel alone runs at 591 TOPS
+(hd128, N = 8k) against rung 1's 423, but the whole call falls to 261: PyTorch's separate
 quantization passes over Q and K cost more than INT8 saves. Rung 3 removes them.
 
-Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128, block_n=64)``.
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64, block_n=128)``.
 """
 
 import torch
@@ -22,9 +22,10 @@ import sage_ref
 from . import attn_int8
 from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 
-# Tile = quantization block. 128x64 with 4 warps was the fastest fp16-P·V shape in the H200 sweep
-# (docs/notes.md: 521 TOPS kernel-only at hd128, N=8k, against 411 for 8 warps).
-TILES = Tiles(block_m=128, block_n=64, num_warps=4, num_stages=3)
+# Tile = quantization block. 64x128 with 4 warps and 2 stages was the fastest fp16-P·V shape in the
+# second H200 sweep (docs/notes.md: 552 TOPS kernel-only at hd128, N=8k, against 504 for 128x64 with
+# 3 stages, the first sweep's choice), at the same accuracy.
+TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=2)
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 

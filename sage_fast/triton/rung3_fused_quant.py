@@ -5,11 +5,12 @@ divide, round, cast, pad), ``sage_fast.triton.quant`` reads Q once and K twice (
 for its mean, once to quantize; the second read mostly hits L2) and writes the int8
 codes and scales the attention kernel reads, plus the lse shift when asked.
 
-What it bought (H200, 2026-11-26; docs/benchmarks.md): hd128, N = 8k, whole call 489 TOPS
-against rung 2's 266 (the kernel alone: 507), 1.19× PyPI sageattention 1.0.6 (410) at the
-same accuracy. At N = 1k quantization is still a quarter of the call (327 against 434).
+What it bought (H200, 2026-11-26; docs/benchmarks.md): hd128, N = 8k, whole call 547 TOPS
+against rung 2's 261 (the kernel alone: 591), 1.34× PyPI sageattention 1.0.6 (409) at the
+same accuracy (rel L1 0.0131 vs fp32 SDPA, both). At N = 1k quantization is still a quarter of
+the call (362 against the kernel's 479).
 
-Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=128, block_n=64)``.
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64, block_n=128)``.
 """
 
 from . import attn_int8, rung2_int8_qk
@@ -39,7 +40,7 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
         q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
         v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
         block_m=tiles.block_m, block_n=tiles.block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
-        shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        maxnreg=tiles.maxnreg(head_dim_padded), tma=tiles.tma, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip
 
 
