@@ -7,7 +7,9 @@ under a minute on two cores. The bound is
 FlashAttention's (tests/attention_bounds.py): |rung - truth| <= 2 |emulation - truth| + noise,
 element by element, for the output and the lse; the truth is fp64 attention of the very inputs.
 Output buffers (and rung 1's score matrix) are allocated poisoned (NaN), so an element no thread
-writes fails. Real sizes run in tests/test_gpu_numba.py.
+writes fails. Real sizes run in tests/test_gpu_numba.py. Rung 6's dp4a is a linked CUDA C function,
+which the simulator cannot run: here rung 6 runs its Python stand-in (``dp4a_simulated``, checked against
+int8 dot products below), and the linked function is tested on the GPU only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from attention_bounds import assert_fa_bound, lse_noise, output_noise, poisoned_
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sage_fast.numba import RUNGS
+from sage_fast.numba import RUNGS, rung6_sgemm_dp4a
 
 LENGTHS = st.one_of(st.sampled_from([1, 2, 16, 17, 33, 40]), st.integers(1, 40))
 
@@ -90,10 +92,24 @@ def test_sage_rungs_span_tiles(rung):
     check_rung(rung, *fixed(70, 67, seed=1))
 
 
-def test_rung5_refuses_head_dim_over_128():
-    x = torch.randn(1, 1, 4, 160)
-    with pytest.raises(ValueError, match="head_dim 160"):
-        RUNGS[4].forward(x, x, x)
+@pytest.mark.parametrize(("rung", "head_dim"), [(RUNGS[4], 160), (RUNGS[5], 72)], ids=lambda x: getattr(x, "name", x))
+def test_register_tile_rungs_refuse_head_dims_past_their_shared_memory(rung, head_dim):
+    x = torch.randn(1, 1, 4, head_dim)
+    with pytest.raises(ValueError, match=f"head_dim {head_dim}"):
+        rung.forward(x, x, x)
+
+
+def test_rung6_simulated_dp4a_is_an_int8_dot_product():
+    """The simulator's stand-in for the linked dp4a (the GPU suite checks the linked one against it)."""
+    gen = torch.Generator().manual_seed(5)
+    a, b = (torch.randint(-128, 128, (64, 4), generator=gen, dtype=torch.int8) for _ in range(2))
+    a[0], b[0] = torch.tensor([-128, 127, -1, 0], dtype=torch.int8), torch.tensor([-128, 127, -1, 5], dtype=torch.int8)
+    c = torch.randint(-(2**20), 2**20, (64,), generator=gen, dtype=torch.int32)
+    expected = c + (a.int() * b.int()).sum(dim=1, dtype=torch.int32)
+    words_a, words_b = a.view(torch.int32)[:, 0], b.view(torch.int32)[:, 0]  # little-endian: byte k = element k
+    dp4a = rung6_sgemm_dp4a.dp4a_simulated
+    got = [int(dp4a(x, y, z)) for x, y, z in zip(words_a.tolist(), words_b.tolist(), c.tolist())]
+    assert got == expected.tolist()
 
 
 @pytest.mark.parametrize("rung", RUNGS, ids=lambda r: r.name)

@@ -6,7 +6,7 @@ TOPS = 4·B·H·N²·D / time of one whole ``forward`` call (host-side conversio
 host quantization included), non-causal, fp16 Gaussian inputs [1, 8, N, D] with K shifted by 3,
 head_dim 64 and 128, N = 1k..8k; median of a few calls timed with CUDA events after one warm-up call
 (which compiles). A rung whose next size would take over ~6 s a call stops there. The CUDA-core peak comes
-from an FMA microbenchmark in the same run (8 independent fp32 FMA chains per thread), counted as
+from an FMA microbenchmark in the same run (8 independent fp32 FMA chains per thread, unrolled), counted as
 2 operations per FMA, like the attention's multiply-adds. Writes ``bench-numba.json`` (card,
 versions, date, every number) into --out (default $OUT, else the current directory), prints a table.
 """
@@ -29,22 +29,35 @@ from numba import cuda
 
 FMA_ITERS = 4096
 FMA_CHAINS = 8
+FMA_UNROLL = 16
 FMA_THREADS = 256
 
 
 @cuda.jit
 def fma_kernel(out, a, b):
+    # Every operand float32: an int or Python-float constant (x0 + 1) would make a chain float64, and Hopper's
+    # fp64 FMAs run at half the fp32 rate (an early version did that to 7 of its 8 chains). And the FMAs in an
+    # inner loop of constant length, which the compiler unrolls whole: Numba's 64-bit loop bookkeeping, which
+    # ptxas otherwise repeats in every unrolled copy, took 5 of every 13 instructions. A GPU test checks the PTX.
+    one = np.float32(1.0)
     x0 = np.float32(cuda.threadIdx.x)
-    x1, x2, x3, x4, x5, x6, x7 = x0 + 1, x0 + 2, x0 + 3, x0 + 4, x0 + 5, x0 + 6, x0 + 7
-    for _ in range(FMA_ITERS):  # 8 independent chains hide the FMA latency
-        x0 = cuda.fma(x0, a, b)
-        x1 = cuda.fma(x1, a, b)
-        x2 = cuda.fma(x2, a, b)
-        x3 = cuda.fma(x3, a, b)
-        x4 = cuda.fma(x4, a, b)
-        x5 = cuda.fma(x5, a, b)
-        x6 = cuda.fma(x6, a, b)
-        x7 = cuda.fma(x7, a, b)
+    x1 = x0 + one
+    x2 = x1 + one
+    x3 = x2 + one
+    x4 = x3 + one
+    x5 = x4 + one
+    x6 = x5 + one
+    x7 = x6 + one
+    for _ in range(FMA_ITERS // FMA_UNROLL):
+        for _ in range(FMA_UNROLL):  # 8 independent chains hide the FMA latency
+            x0 = cuda.fma(x0, a, b)
+            x1 = cuda.fma(x1, a, b)
+            x2 = cuda.fma(x2, a, b)
+            x3 = cuda.fma(x3, a, b)
+            x4 = cuda.fma(x4, a, b)
+            x5 = cuda.fma(x5, a, b)
+            x6 = cuda.fma(x6, a, b)
+            x7 = cuda.fma(x7, a, b)
     out[cuda.grid(1)] = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7  # keeps the chains alive
 
 
@@ -127,7 +140,7 @@ def main(argv=None):
     if not torch.cuda.is_available():
         print("no CUDA GPU: nothing to measure (the simulator is for correctness only)")
         return 0
-    from . import RUNGS
+    from . import RUNGS, max_head_dim
 
     peak = fp32_peak_tflops()
     card = torch.cuda.get_device_name(0)
@@ -137,6 +150,8 @@ def main(argv=None):
     for head_dim in (64, 128):
         prev = {}
         for rung in RUNGS:
+            if head_dim > max_head_dim(rung):
+                continue
             for n in map(int, args.sizes.split(",")):
                 gen = torch.Generator(device="cuda").manual_seed(n + head_dim)
                 q = torch.randn(batch, heads, n, head_dim, device="cuda", generator=gen).half()

@@ -53,6 +53,26 @@ def as_kernel_array(t: torch.Tensor):
     return t.detach().numpy()
 
 
+def kernel_pointer(t: torch.Tensor):
+    """A contiguous tensor as a pointer argument (the kernel's signature says ``CPointer(dtype)``): its address.
+
+    Cheaper per call than :func:`as_kernel_array`, whose array view Numba builds anew on every call (with a
+    host sync) and then types, checks and flattens into 13 launch parameters. In the simulator: the flat numpy
+    view, which a kernel indexes the same way.
+    """
+    if simulated():
+        return t.detach().view(-1).numpy()
+    return t.data_ptr()
+
+
+def torch_stream():
+    """Torch's current CUDA stream as a Numba stream (Numba's default stream in the simulator): a kernel
+    launched on it queues behind the torch work that made its inputs."""
+    if simulated():
+        return cuda.default_stream()
+    return cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+
+
 def fp32(t: torch.Tensor) -> torch.Tensor:
     """t widened to a contiguous fp32 tensor (a copy unless it already is one; inputs are never written)."""
     return t.detach().to(torch.float32).contiguous()
