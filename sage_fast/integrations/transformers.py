@@ -10,8 +10,10 @@
     print(sage_hf.counts(name))                          # calls per variant
 
 The registered function behaves as transformers' own "sdpa" one, with sageattn doing the arithmetic:
-the masks are those transformers builds for "sdpa" (``sdpa_mask`` is registered under the same name:
-boolean [batch, 1, q_len, kv_len], or None when ``is_causal`` says it all), causal is torch's top-left
+the masks are those transformers builds for "sdpa" (``masks.sdpa_key_mask`` is registered under the same
+name: ``sdpa_mask``'s boolean [batch, 1, q_len, kv_len], except that padding-only masks of bidirectional
+attention come as [batch, 1, 1, kv_len], the kernel's fast path; None when ``is_causal`` or no padding
+says it all), causal is torch's top-left
 convention for prefill and no mask for a single decoded token, grouped-query attention runs natively
 (no ``repeat_kv`` copy), T5-style ``position_bias`` becomes an additive mask. A KV cache is whatever
 the model's cache hands the function: q_len < kv_len with the cache's mask.
@@ -31,6 +33,7 @@ import torch
 from .calibration import AttentionCall
 from .counts import CallCounts
 from .extras import require
+from .masks import sdpa_key_mask
 from .plan import AttentionPlan
 from .variants import attend, check_options, resolve
 
@@ -140,7 +143,8 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
 
     Afterwards ``from_pretrained(..., attn_implementation=name)``, ``AutoModel.from_config(config,
     attn_implementation=name)`` or ``model.set_attn_implementation(name)`` use it. Registering a name
-    again replaces its function (and its counts).
+    again replaces its function (and its counts). The name's mask builder is ``masks.sdpa_key_mask``
+    (a name without one would get no masks at all: padding and sliding windows would be lost).
 
     Parameters
     ----------
@@ -170,7 +174,7 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     masking_utils = require("transformers.masking_utils")
     function = SageAttention(variant, implementation)
     modeling_utils.AttentionInterface.register(name, function)
-    masking_utils.AttentionMaskInterface.register(name, masking_utils.sdpa_mask)
+    masking_utils.AttentionMaskInterface.register(name, sdpa_key_mask)
     REGISTERED[name] = function
     return name
 
@@ -256,14 +260,15 @@ def capture(model, run) -> list:
     """The attention calls ``run(model)`` makes, each as an ``AttentionCall``.
 
     The model runs transformers' "sdpa" attention meanwhile (the inputs each layer sees are those of
-    the accurate model) and is switched back to its implementation afterwards. Tensors are cloned: a
+    the accurate model; the masks are those sage gets, ``masks.sdpa_key_mask``) and is switched back to
+    its implementation afterwards. Tensors are cloned: a
     calibration sample should be small (every layer's q, k, v are kept on their device).
     """
     modeling_utils = require("transformers.modeling_utils")
     masking_utils = require("transformers.masking_utils")
     recorder = Recorder(model)
     modeling_utils.AttentionInterface.register(CAPTURE_NAME, recorder)
-    masking_utils.AttentionMaskInterface.register(CAPTURE_NAME, masking_utils.sdpa_mask)
+    masking_utils.AttentionMaskInterface.register(CAPTURE_NAME, sdpa_key_mask)
     previous = model.config._attn_implementation
     try:
         switch(model, CAPTURE_NAME)
