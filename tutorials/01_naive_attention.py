@@ -112,11 +112,12 @@ for n in (1024, 8192, 32768):
 # ## Measured on a GPU
 #
 # The project's benchmark times PyTorch's fused attention (cuDNN backend) on an H200, with 16k tokens per call
-# (the batch shrinks as \(N\) grows). The numbers are read from the committed results, not typed in:
+# (the batch shrinks as \(N\) grows; \(N = 32768\) is one sequence of 32k). The numbers are read from the committed
+# results, not typed in:
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-26-rung5.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, torch {env['torch']}, {env['date']}:")
 print("SDPA cuDNN, 32 heads, head_dim 128, non-causal")

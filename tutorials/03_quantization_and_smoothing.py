@@ -134,14 +134,14 @@ for pv in ("fp32", "fp16", "fp8", "int8"):
 # %% [markdown]
 # ## Measured on a GPU
 #
-# The fused kernels (`sageattn`, rungs 3 and 4 of the Triton ladder) against PyTorch's fastest fp16 attention,
+# The fused kernels (`sageattn`, rungs 3 and 5 of the Triton ladder) against PyTorch's fastest fp16 attention,
 # and their accuracy against an fp64 truth on the benchmark's inputs, read from the committed results. Speed is
 # in TOPS, tera-operations per second (\(4 B H N^2 D\) / time): an INT8 or fp8 multiply-add counts as two
 # operations, as an fp16 one does in TFLOPS.
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-26-rung5.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("TOPS, 32 heads, head_dim 128, non-causal")

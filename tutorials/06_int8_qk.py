@@ -130,8 +130,8 @@ assert err_kernel <= 2 * err_ref
 # ## The project's rung 2
 #
 # `sage_fast/triton/rung2_int8_qk.py` is this kernel with strided inputs, GQA, causal masks, the
-# log-sum-exp and 128 × 64 tiles. Its P·V rounds in fp16 inside a key tile as SageAttention v1 does, and its
-# `sage_ref` twin rounds at the same points:
+# log-sum-exp and tiles of 64 queries × 128 keys. Its P·V rounds in fp16 inside a key tile as SageAttention v1
+# does, and its `sage_ref` twin rounds at the same points:
 
 # %%
 rung2 = sage_fast.triton.RUNGS[1]
@@ -153,7 +153,7 @@ assert err_rung <= 2 * err_ref
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-26-rung5.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("TOPS, head_dim 128, non-causal")
