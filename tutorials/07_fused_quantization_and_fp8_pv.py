@@ -5,13 +5,17 @@ You will learn:
 - how to quantize inside a Triton kernel, one program per tile, with codes bit-identical to `sage_ref`'s;
 - why P is scaled by 448 before it is rounded to fp8 e4m3, and what fp8 costs against fp16 and int8;
 - how V gets one fp8 scale per channel, undone by a single multiply at the end;
-- where the time of the project's fastest path (rung 4, `sageattn(pv="fp8")`) goes, measured on an H200.
+- how Hopper's TMA copy engine frees registers, and why fewer registers made rung 5 faster than rung 4 with
+  the same arithmetic, bit for bit;
+- where the time of the project's fastest path (rung 5, `sageattn(pv="fp8")`) goes, measured on an H200.
 """
 
 # %%
+import inspect
 import json
 import math
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -143,14 +147,145 @@ print(f"rel L1 vs fp64: fp8 P·V (rung 4) {sage_ref.relative_l1(out, truth):.4f}
       f"fp16 P·V {sage_ref.relative_l1(fp16_pv, truth):.4f}")
 
 # %% [markdown]
-# ## Measured on a GPU
+# ## Rung 5: tiles copied by TMA
 #
-# Where a call's time goes (rung 4, head_dim 128; each part timed alone; the copy is a reference point:
-# one read and write of q, k and v), read from the committed results:
+# Rung 4's loop brings a tile of K̂ (128 keys × head_dim int8 codes) and one of V̂ᵀ from global memory (the GPU's
+# DRAM) into shared memory (a small scratchpad next to the compute units) for every step. With ordinary loads
+# every one of the program's 128 threads computes the addresses of its share of the tile and issues its own small
+# copies, and it keeps those address tiles in registers for the whole loop. On Hopper GPUs (H100, H200) each SM,
+# the processor that runs a program, has a copy engine for this, the *Tensor Memory Accelerator* (TMA): a *tensor
+# descriptor*, made once on the host, tells it a matrix's address, shape and strides; then one thread asks for "the
+# tile at row r, column c" and the engine moves the whole tile into shared memory by itself (filling zeros past the
+# matrix's end). The threads stop computing addresses, the copy instructions leave the loop, and the registers that
+# held the addresses are free. Rung 5 is rung 4 with K̂ and V̂ᵀ reaching the kernel as descriptors. The two ways to
+# load K̂, from the kernel both rungs share (`sage_fast/triton/attn_int8.py`):
+
+# %%
+from sage_fast.triton import attn_int8
+
+source = [line.strip() for line in inspect.getsource(attn_int8).splitlines()]
+print("rung 4: a tile of addresses, each thread loads its share")
+print("   ", next(line for line in source if line.startswith("k_src = KInt8 +")))
+print("   ", next(line for line in source if line == "k = tl.load(k_src + start_n * HEAD_DIM)"))
+print("rung 5: a descriptor made on the host, one request per tile in the kernel")
+print("   ", next(line for line in source if line.startswith("k_int8 = TensorDescriptor.from_tensor(")))
+print("   ", next(line for line in source if line.startswith("k = k_src.load(")))
+
+# %% [markdown]
+# (`.T` because the descriptor's tile is [keys, channels] and the product needs [channels, keys]; on GPUs before
+# Hopper the same code compiles to plain loads.) Keys past the end of the sequence in the last tile now arrive as
+# the next head's codes or zeros instead of being masked at the load, and the softmax's mask removes them as
+# before. Nothing in the arithmetic changed, so rung 5 must equal rung 4 bit for bit: under the interpreter, on
+# the inputs above, and causal with grouped-query heads and 133 keys, so the last key tile reads past a head:
+
+# %%
+rung5 = sage_fast.triton.RUNGS[4]
+out5 = rung5.forward(q, k, v, **kwargs)
+assert torch.equal(out5, out)
+torch.manual_seed(1)
+q2 = torch.randn(1, 4, 120, 64, dtype=torch.float16, device=DEVICE)
+k2, v2 = (torch.randn(1, 2, 133, 64, dtype=torch.float16, device=DEVICE) for _ in range(2))
+causal = dict(is_causal=True, sm_scale=None, return_lse=True)
+(o4, lse4), (o5, lse5) = rung4.forward(q2, k2, v2, **causal), rung5.forward(q2, k2, v2, **causal)
+assert torch.equal(o5, o4) and torch.equal(lse5, lse4)
+print(f"{rung5.name} == {rung4.name}: bit-identical outputs and log-sum-exps")
+
+# %% [markdown]
+# Why free registers make a kernel faster: a GPU hides the time each instruction takes (tens of cycles for a
+# tensor-core product, hundreds for a load) by switching between programs, so that while one waits another issues.
+# How many programs one SM (the H200 has 132) holds at once is set by what each needs from the SM's
+# fixed stock: 65,536 registers and 228 KB of shared memory. NVIDIA's profiler, ncu, on both kernels (head_dim 128,
+# N = 8192), read from the committed reports:
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-breakdown = json.loads((RESULTS / "breakdown-h200-2026-11-26.json").read_text())
+
+
+def ncu_report(name):
+    """{metric: value} from an ncu text report; the tensor pipe's busy % under one name for both reports."""
+    metrics = {}
+    for line in (RESULTS / name).read_text().splitlines():
+        fields = re.split(r"\s{2,}", line.strip())
+        if len(fields) >= 2 and re.fullmatch(r"[0-9.,]+", fields[-1]):
+            metrics.setdefault(fields[0], fields[-1])
+        tensor = re.search(r"Tensor is the highest-utilized pipeline \(([0-9.]+)%\)", line)
+        if tensor:  # rung 4's report: the Compute Workload Analysis section
+            metrics["tensor pipe busy, %"] = tensor.group(1)
+    raw = metrics.get("sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active")
+    if raw:  # rung 5's report: a raw metric
+        metrics["tensor pipe busy, %"] = f"{float(raw):.1f}"
+    return metrics
+
+
+reports = {"rung 4": ncu_report("ncu-rung4-h200-2026-11-26.txt"),
+           "rung 5": ncu_report("ncu-rung5-d128-h200-2026-11-26.txt")}
+print(f"  {'':38s}" + "".join(f"{rung:>9}" for rung in reports))
+for metric, label in (("Registers Per Thread", "registers per thread"),
+                      ("Dynamic Shared Memory Per Block", "shared memory per program, KB"),
+                      ("Block Limit Registers", "programs per SM, register limit"),
+                      ("Block Limit Shared Mem", "programs per SM, shared-memory limit"),
+                      ("Active Warps Per Scheduler", "warps per scheduler"),
+                      ("Eligible Warps Per Scheduler", "  of them ready to issue"),
+                      ("Issued Warp Per Scheduler", "instructions per scheduler-cycle"),
+                      ("tensor pipe busy, %", "tensor pipe busy, %"),
+                      ("Duration", "kernel time under ncu, ms")):
+    print(f"  {label:38s}" + "".join(f"{report[metric]:>9}" for report in reports.values()))
+
+# %% [markdown]
+# Rung 4: 255 registers for each of 128 threads is about 32k registers per program, and its three pipeline stages
+# take 107 KB of shared memory: two programs fit, by either limit. Each SM has four schedulers, each issuing at
+# most one instruction per cycle from one of its warps (groups of 32 threads). Two programs of four warps give
+# each scheduler two warps; on average fewer than one of them is ready, so a scheduler issues on about every
+# other cycle and the tensor cores are busy well under half the time. The kernel is *latency-bound*: within a
+# program each step waits on the one before (the Q·Kᵀ product, then the softmax's maximum and exp2, then the P·V
+# product), and two programs per SM are too few to fill the gaps.
+#
+# Rung 5 has the registers for three programs, and with two pipeline stages instead of three their shared memory
+# fits too: three warps per scheduler. More of them are ready and the tensor pipe is busier, but not by the half
+# that a third program suggests: the programs share the same schedulers and tensor cores, each still waits on its
+# own chain of steps, and the [Notes](../notes.md) find a new wait in ncu's stall reasons, the barrier that keeps
+# a TMA copy from overwriting a shared-memory stage still in use. Measured without the profiler, the two kernels
+# alternating in one process on the same pre-quantized inputs (N = 8192, two rounds each), and whole calls
+# against SDPA cuDNN the same way:
+
+# %%
+probes = json.loads((RESULTS / "probes-h200-2026-11-26.json").read_text())["rung5_tma"]
+shapes = {"head_dim 128": (128, False), "head_dim 128 causal": (128, True), "head_dim 64": (64, False)}
+
+
+def runs(key, name, d, is_causal):
+    """TOPS of each round of one probe, in the order they ran."""
+    return [r["tops"] for r in probes if r.get(key) == name and r["d"] == d and r["causal"] == is_causal
+            and r.get("n", 8192) == 8192]
+
+
+def spread(values):
+    low, high = f"{min(values):.0f}", f"{max(values):.0f}"
+    return low if low == high else f"{low}–{high}"
+
+
+print(f"TOPS, N = 8192, kernel alone {'rung 4':>11} {'rung 5':>11}   rung 5 / rung 4, round by round")
+for label, (d, is_causal) in shapes.items():
+    r4, r5 = runs("kernel", "r4", d, is_causal), runs("kernel", "tma s2", d, is_causal)
+    gains = "  ".join(f"{b / a - 1:+.1%}" for a, b in zip(r4, r5))
+    print(f"  {label:26s} {spread(r4):>11} {spread(r5):>11}   {gains}")
+print(f"TOPS, N = 8192, whole call   {'SDPA cuDNN':>11} {'rung 4':>11} {'rung 5':>11}")
+for label, (d, is_causal) in shapes.items():
+    print(f"  {label:26s}" + "".join(f" {spread(runs('call', name, d, is_causal)):>11}"
+                                     for name in ("cudnn", "rung4", "rung5")))
+
+# %% [markdown]
+# A few percent, kernel alone and whole call, for the same bits: what is left is the chain inside each program,
+# and overlapping one tile's softmax with the next tile's product needs explicit control of the warps that plain
+# Triton does not give (the [Notes](../notes.md) have the attempt). `sageattn(pv="fp8")` runs rung 5.
+#
+# ## Measured on a GPU
+#
+# Where a call's time goes (rung 5, head_dim 128; each part timed alone; the copy is a reference point:
+# one read and write of q, k and v), read from the committed results:
+
+# %%
+breakdown = json.loads((RESULTS / "breakdown-h200-2026-11-26-rung5.json").read_text())
 env = breakdown["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("ms per part, B·N = 16k, 32 heads")
@@ -159,24 +294,28 @@ ms = {(r["part"], r["n"]): r["ms"] for r in breakdown["rows"]}
 print(f"  {'':20s} {'N = 1024':>9} {'N = 8192':>9}")
 for part in parts:
     print(f"  {part:20s} {ms[part, 1024]:9.3f} {ms[part, 8192]:9.3f}")
+whole = next(part for part in parts if part.endswith("whole call"))
+share = {n: (ms["quantize_kv", n] + ms["quantize_q", n]) / ms[whole, n] for n in (1024, 8192)}
+print(f"  quantization's share of the call: {share[1024]:.0%} at N = 1024, {share[8192]:.0%} at N = 8192")
 
 # %% [markdown]
 # And the whole ladder against PyTorch's fastest attention and PyPI `sageattention` 1.0.6 (TOPS as in
 # tutorial 03):
 
 # %%
-bench = json.loads((RESULTS / "bench-h200-2026-11-26.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-26-rung5.json").read_text())
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 names = {"sdpa-cudnn": "SDPA cuDNN", "sageattention-1.0.6": "1.0.6",
          "rung3-fused-quant": "rung 3", "rung4-fp8-pv": "rung 4",
-         "sageattn-fp8": "sageattn fp8"}
+         "rung5-tma": "rung 5", "sageattn-fp8": "sageattn fp8"}
 print("TOPS, head_dim 128, non-causal")
 print("      N  " + "".join(f"{label:>14}" for label in names.values()))
-for n in (1024, 8192, 32768):
+for n in (1024, 4096, 8192, 32768):
     print(f"  {n:5d}  " + "".join(f"{tops[name, n]:14.0f}" for name in names))
 
 # %% [markdown]
-# At short sequences the quantization launches are a large share of the call and SDPA wins; from
-# \(N \approx 8\text{k}\) on, fp8 P·V makes the whole call faster than PyTorch's cuDNN attention, at the accuracy
-# cost measured above; the fp16 path, `sageattn(pv="fp16")`, is the accurate one.
+# `sageattn fp8` is rung 5 measured a second time: the two columns differ by the run-to-run spread of a single
+# measurement, a few percent. At short sequences the quantization launches are a large share of the call and
+# SDPA wins; from \(N \approx 4\text{k}\) on, fp8 P·V makes the whole call faster than PyTorch's cuDNN attention,
+# at the accuracy cost measured above; the fp16 path, `sageattn(pv="fp16")`, is the accurate one.
