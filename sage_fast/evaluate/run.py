@@ -4,13 +4,16 @@
 
 Builds the model from a config (``sage_fast.evaluate.models``: nothing is downloaded), runs one batch
 of fixed random token ids (random weights have no text to read) with ``attn_implementation="sdpa"``
-and with sage, and reports their agreement (``sage_fast.evaluate.agreement``: cosine of the last
-hidden states, top-1 agreement of the logits, perplexity change, greedy decode agreement) and their
-speed (``sage_fast.evaluate.timing``: median whole-forward time and median attention time per
-forward, both ways). ``--calibrate T`` first makes a per-layer plan on a shorter random sample
-(SageAttention v1's adaptive choice: the fastest variant with cosine >= T per layer) and runs sage
-with it; ``--plan FILE`` runs a saved plan. Writes ``evaluate-<model>-<config>-<seq_len>.json``
-(numbers, card, versions, date) into --out and prints a table.
+(the baseline), with sage, and with the baseline's attention computed in a wider dtype (the noise
+floor, ``sage_fast.evaluate.noise_floor``), and reports how far sage and the noise floor move the
+outputs (``sage_fast.evaluate.agreement``: cosine of the last hidden states, top-1 agreement and RMS
+difference of the logits, perplexity change, greedy decode agreement) and the speed of sdpa and sage
+(``sage_fast.evaluate.timing``: median whole-forward time and median attention time per forward).
+``--variant`` picks sage's P·V precision for every layer ("fp8", "fp16"; "auto": fp8 on sm89+);
+``--calibrate T`` first makes a per-layer plan on a shorter random sample (SageAttention v1's adaptive
+choice: the fastest variant with cosine >= T per layer) and runs sage with it; ``--plan FILE`` runs a
+saved plan. Writes ``evaluate-<model>-<config>-<seq_len>-<variant or "plan">.json`` (numbers, card,
+versions, date) into --out and prints two tables.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from ..bench import environment
 from ..integrations import AttentionPlan, calibrate
 from ..integrations import transformers as sage_hf
 from ..integrations.extras import require
-from ..integrations.variants import CHOICES
-from . import agreement, models, timing
+from ..integrations.masks import sdpa_key_mask
+from ..integrations.variants import CHOICES, resolve
+from . import agreement, models, noise_floor, timing
 
 SAGE_NAME, SDPA_TIMED, SAGE_TIMED = "sage_evaluate", "sdpa_evaluate_timed", "sage_evaluate_timed"
+WIDE_NAME = "sdpa_wide_evaluate"  # the noise floor: the baseline's attention in a wider dtype
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -41,7 +46,12 @@ def parse_args(argv):
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
-    parser.add_argument("--variant", choices=CHOICES, default="auto", help="sage's variant for every layer")
+    parser.add_argument(
+        "--variant",
+        choices=CHOICES,
+        default="auto",
+        help="sage's variant for every layer (auto: fp8 on sm89+ GPUs, else fp16)",
+    )
     parser.add_argument("--implementation", default="auto", help="passed to sageattn (auto: triton on cuda)")
     parser.add_argument("--calibrate", type=float, metavar="THRESHOLD", help="calibrate a per-layer plan first")
     parser.add_argument("--calibration-len", type=int, default=1024, help="tokens of the calibration sample")
@@ -78,10 +88,36 @@ def sage_plan(args, model):
     return plan
 
 
-def evaluate(args) -> dict:
-    """Everything the command reports, as a JSON-ready dict."""
+def label(args) -> str:
+    """What sage runs, for the report's name: the resolved variant ("fp8", "fp16", "torch") or "plan"."""
+    if args.plan is not None or args.calibrate is not None:
+        return "plan"
+    return resolve(args.variant, torch.device(args.device))
+
+
+def register_implementations(clock):
+    """Register sage, the noise floor's attention and the timed wrappers; return the timed wrappers by name.
+
+    Each is registered with the mask builder its untimed twin uses: "sdpa"'s own for the baseline and
+    the noise floor, sage's (``sdpa_key_mask``) for sage.
+    """
     modeling_utils = require("transformers.modeling_utils")
     masking_utils = require("transformers.masking_utils")
+    modeling_utils.AttentionInterface.register(WIDE_NAME, noise_floor.wide_attention)
+    masking_utils.AttentionMaskInterface.register(WIDE_NAME, masking_utils.sdpa_mask)
+    timed = {
+        "sdpa": timing.TimedAttention(modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"], clock),
+        SAGE_NAME: timing.TimedAttention(sage_hf.registered(SAGE_NAME), clock),
+    }
+    for timed_name, implementation, mask in ((SDPA_TIMED, "sdpa", masking_utils.sdpa_mask),
+                                             (SAGE_TIMED, SAGE_NAME, sdpa_key_mask)):  # fmt: skip
+        modeling_utils.AttentionInterface.register(timed_name, timed[implementation])
+        masking_utils.AttentionMaskInterface.register(timed_name, mask)
+    return timed
+
+
+def evaluate(args) -> dict:
+    """Everything the command reports, as a JSON-ready dict."""
     decoder = models.KINDS[args.model] == "decoder"
     model = models.build(args.model, args.config, seq_len=args.seq_len, device=args.device, dtype=args.dtype,
                          seed=args.seed)  # fmt: skip
@@ -92,20 +128,16 @@ def evaluate(args) -> dict:
     if plan is not None:
         sage_hf.apply_plan(model, plan, name=SAGE_NAME, implementation=args.implementation)
     clock = timing.Clock(args.device)
-    timed = {
-        "sdpa": timing.TimedAttention(modeling_utils.ALL_ATTENTION_FUNCTIONS["sdpa"], clock),
-        SAGE_NAME: timing.TimedAttention(sage_hf.registered(SAGE_NAME), clock),
-    }
-    for timed_name, implementation in ((SDPA_TIMED, "sdpa"), (SAGE_TIMED, SAGE_NAME)):
-        modeling_utils.AttentionInterface.register(timed_name, timed[implementation])
-        masking_utils.AttentionMaskInterface.register(timed_name, masking_utils.sdpa_mask)
+    timed = register_implementations(clock)
 
     outputs, times, continuations = {}, {}, {}
-    for implementation, timed_name in (("sdpa", SDPA_TIMED), (SAGE_NAME, SAGE_TIMED)):
+    for implementation, timed_name in (("sdpa", SDPA_TIMED), (SAGE_NAME, SAGE_TIMED), (WIDE_NAME, None)):
         model.set_attn_implementation(implementation)
         outputs[implementation] = agreement.forward(model, tokens)
         if decoder and args.new_tokens:
             continuations[implementation] = agreement.greedy(model, tokens, args.new_tokens)
+        if timed_name is None:
+            continue
         with torch.no_grad():
             whole = timing.median_ms(lambda: model(input_ids=tokens), clock, reps=args.reps)
             model.set_attn_implementation(timed_name)
@@ -113,9 +145,12 @@ def evaluate(args) -> dict:
         times[implementation] = {"model_ms": whole, "attention_ms": attention}
     counts = sage_hf.counts(SAGE_NAME)
 
-    result = agreement.agreement(outputs["sdpa"], outputs[SAGE_NAME], tokens, decoder=decoder)
-    if continuations:
-        result["greedy_agreement"] = (continuations["sdpa"] == continuations[SAGE_NAME]).double().mean().item()
+    compared = {}
+    for key, implementation in (("sage", SAGE_NAME), ("noise_floor", WIDE_NAME)):
+        compared[key] = agreement.agreement(outputs["sdpa"], outputs[implementation], tokens, decoder=decoder)
+        if continuations:
+            equal = continuations["sdpa"] == continuations[implementation]
+            compared[key]["greedy_agreement"] = equal.double().mean().item()
     sdpa, sage = times["sdpa"], times[SAGE_NAME]
     speed = {
         "sdpa_model_ms": sdpa["model_ms"], "sage_model_ms": sage["model_ms"], "model_speedup": sdpa["model_ms"] / sage["model_ms"],
@@ -126,39 +161,54 @@ def evaluate(args) -> dict:
     env = dict(environment(), transformers=require("transformers").__version__, device=args.device)
     return {
         "environment": env, "model": args.model, "config": args.config, "seq_len": args.seq_len, "batch": args.batch,
-        "dtype": str(args.dtype).removeprefix("torch."), "variant": args.variant, "implementation": args.implementation,
+        "dtype": str(args.dtype).removeprefix("torch."), "variant": label(args), "implementation": args.implementation,
         "plan": None if plan is None else json.loads(plan.to_json()), "tokens": "uniform random ids, seed "
-        f"{args.seed} (random weights: no text to read)", "agreement": result, "timing": speed, "counts": counts.as_dict(),
+        f"{args.seed} (random weights: no text to read)",
+        "noise_floor_dtype": str(noise_floor.WIDER[args.dtype]).removeprefix("torch."),
+        "agreement": {"sdpa": agreement.baseline(outputs["sdpa"], tokens, decoder=decoder), **compared},
+        "timing": speed, "counts": counts.as_dict(),
     }  # fmt: skip
 
 
-def table(report: dict) -> str:
-    """A short markdown table of a report."""
-    a, t = report["agreement"], report["timing"]
+def agreement_rows(report: dict) -> list:
+    """(what, sage, noise floor) rows of the agreement table."""
+    base, sage, floor = (report["agreement"][key] for key in ("sdpa", "sage", "noise_floor"))
     rows = [
-        ("1 - cosine, last hidden states", f"{1 - a['cosine_hidden']:.1e}"),
-        ("top-1 agreement of logits", f"{a['top1_agreement']:.2%}"),
-        ("perplexity sdpa → sage", f"{a['perplexity_sdpa']:.2f} → {a['perplexity_sage']:.2f} ({a['perplexity_change']:+.3%})"),
+        ("1 - cosine, last hidden states", lambda a: f"{1 - a['cosine_hidden']:.1e}"),
+        ("top-1 agreement of logits", lambda a: f"{a['top1_agreement']:.2%}"),
+        (f"RMS logit difference (sdpa's median top-1 margin: {base['top1_margin_median']:.3g})",
+         lambda a: f"{a['logit_rms_error']:.3g}"),
+        (f"perplexity (sdpa: {base['perplexity']:.2f})", lambda a: f"{a['perplexity']:.2f} ({a['perplexity_change']:+.3%})"),
     ]  # fmt: skip
-    if "greedy_agreement" in a:
-        rows.append(("greedy decode agreement", f"{a['greedy_agreement']:.2%}"))
-    rows += [
-        ("attention ms / forward, sdpa → sage", f"{t['sdpa_attention_ms']:.2f} → {t['sage_attention_ms']:.2f} ({t['attention_speedup']:.2f}×)"),
-        ("model ms / forward, sdpa → sage", f"{t['sdpa_model_ms']:.2f} → {t['sage_model_ms']:.2f} ({t['model_speedup']:.2f}×)"),
+    if "greedy_agreement" in sage:
+        rows.append(("greedy decode agreement", lambda a: f"{a['greedy_agreement']:.2%}"))
+    return [(what, cell(sage), cell(floor)) for what, cell in rows]
+
+
+def table(report: dict) -> str:
+    """Two short markdown tables of a report: agreement with the noise floor beside sage, then speed."""
+    t, counts = report["timing"], report["counts"]
+    speed = [
+        ("attention ms / forward", f"{t['sdpa_attention_ms']:.2f} → {t['sage_attention_ms']:.2f} ({t['attention_speedup']:.2f}×)"),
+        ("model ms / forward", f"{t['sdpa_model_ms']:.2f} → {t['sage_model_ms']:.2f} ({t['model_speedup']:.2f}×)"),
         ("attention share of the sdpa forward", f"{t['attention_share_sdpa']:.1%}"),
-        ("sage calls / torch calls / fallbacks", f"{report['counts']['sage_calls']} / {report['counts']['torch_calls']} / {sum(report['counts']['fallbacks'].values())}"),
+        ("sage calls / torch calls / fallbacks", f"{counts['sage_calls']} / {counts['torch_calls']} / {sum(counts['fallbacks'].values())}"),
     ]  # fmt: skip
     env = report["environment"]
     head = (f"{report['model']}/{report['config']}, batch {report['batch']} × {report['seq_len']} tokens, {report['dtype']}, "
-            f"{env['card']}, torch {env['torch']}, transformers {env['transformers']}")  # fmt: skip
-    return "\n".join([head, "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+            f"sage {report['variant']}, {env['card']}, torch {env['torch']}, transformers {env['transformers']}")  # fmt: skip
+    return "\n".join([
+        head, "", f"| against the sdpa model | sage | noise floor: {report['noise_floor_dtype']} attention |", "|---|---|---|",
+        *(f"| {what} | {sage} | {floor} |" for what, sage, floor in agreement_rows(report)),
+        "", "| speed | sdpa → sage |", "|---|---|", *(f"| {k} | {v} |" for k, v in speed),
+    ])  # fmt: skip
 
 
 def main(argv=None) -> dict:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     args.out.mkdir(parents=True, exist_ok=True)
     report = evaluate(args)
-    path = args.out / f"evaluate-{args.model}-{args.config}-{args.seq_len}.json"
+    path = args.out / f"evaluate-{args.model}-{args.config}-{args.seq_len}-{report['variant']}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     print(table(report))
     print(f"\nwritten: {path}")
