@@ -6,7 +6,7 @@ emulation; here the kernels run, and the models are held to the agreement bound 
 
 import pytest
 import torch
-from tiny_models import AGREEMENT, bert, llama, tokens
+from tiny_models import AGREEMENT, bert, llama, tokens, transformers
 
 import sage_ref
 from sage_fast.integrations import calibrate, route_sdpa
@@ -30,6 +30,18 @@ def test_kernels_in_a_model_agree_with_sdpa(build, variant):
     cosine = sage_ref.cosine_similarity(last_hidden(model, name, ids, mask), last_hidden(model, "sdpa", ids, mask))
     assert cosine >= AGREEMENT, cosine
     assert sage_hf.counts(name).variants[variant] == 2
+
+
+@pytest.mark.parametrize("variant", ["fp16", "fp8"])
+def test_key_padding_path_gives_the_full_mask_bits(variant):
+    """A padded BERT batch: the kernels' one-row-of-keys mask path (what sage gets, [B,1,1,Nkv]) and their
+    tile-by-tile path (transformers' full [B,1,Nq,Nkv] mask) give the same outputs bit for bit."""
+    model = bert().to("cuda", torch.float16)
+    ids, mask = (t.cuda() for t in tokens(padded=11, seq_len=300))
+    fast = sage_hf.register(f"sage_gpu_key_mask_{variant}", variant=variant)
+    full = sage_hf.register(f"sage_gpu_full_mask_{variant}", variant=variant)
+    transformers.masking_utils.AttentionMaskInterface.register(full, transformers.masking_utils.sdpa_mask)
+    assert torch.equal(last_hidden(model, fast, ids, mask), last_hidden(model, full, ids, mask))
 
 
 def test_generate_and_route_on_the_gpu():
