@@ -6,14 +6,14 @@ You will learn:
   *shared memory* and meet at *barriers* (`cuda.syncthreads()`);
 - how the project's Numba ladder (`sage_fast/numba/`) climbs from one thread per score to a tiled INT8
   SageAttention kernel, and what each rung changes: fusion, data reuse through shared memory, 8-bit
-  arithmetic, register tiles;
+  arithmetic, register tiles, and a CUDA C function (dp4a) linked into a Numba kernel;
 - how to run CUDA kernels without a GPU: Numba's simulator runs each CUDA thread as a Python thread, and every
   rung must stay within twice the error of the `sage_ref` emulation that rounds at the same points;
 - what each rung measured on an H200.
 
 Numba writes kernels in plain Python with nothing hidden: every index, every copy into shared memory and every
-barrier is in the code. It has no tensor-core API, so this ladder teaches the algorithm and the memory
-hierarchy on the CUDA cores; the tensor-core story is tutorial 05's Triton.
+barrier is in the code. It has no tensor-core API (and reaches dp4a only through linked CUDA C), so this ladder
+teaches the algorithm and the memory hierarchy on the CUDA cores; the tensor-core story is tutorial 05's Triton.
 """
 
 # %%
@@ -40,6 +40,7 @@ from sage_fast.numba import (
     rung3_shared_tiles,
     rung4_sage_int8,
     rung5_register_tiles,
+    rung6_sgemm_dp4a,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -188,15 +189,51 @@ excerpt(kernel, "# Phase 3", "d = tx + THREADS * c")
 check(RUNGS[4])
 
 # %% [markdown]
-# Rung 5 is what `sageattn(..., implementation="numba")` runs up to head_dim 128, and rung 4 above that
-# (`sage_fast.numba.forward` picks). The S tile's rows are `BLOCK_N + 1` floats apart: with 32 banks of shared memory, the padding puts the
-# rows of one column in different banks, so the softmax threads reading a column do not queue on one bank.
+# The S tile's rows are `BLOCK_N + 1` floats apart: with 32 banks of shared memory, the padding puts the rows of
+# one column in different banks, so the softmax threads reading a column do not queue on one bank.
 
 # %%
 stride, keys = rung5_register_tiles.S_STRIDE, rung5_register_tiles.BLOCK_N
 print(f"S tile row stride: {stride} floats for {keys} keys")
-print("forward at head_dim 16 holds itself to:")
-print(sage_fast.numba.reference_for(16).keywords)
+
+# %% [markdown]
+# ## Rung 6: the SGEMM recipe, and dp4a from CUDA C
+#
+# Rung 6 keeps rung 5's arithmetic and rebuilds the kernel the way a fast matrix multiply is built. Each of the 256
+# threads owns a 4 × 4 tile of scores (queries `4ty..4ty+3`, keys `4tx..4tx+3`) and the same queries' 4 × 4 tile
+# of P·V; the 16 threads of half a warp share their queries, so their reads of Q and P are broadcasts, and every
+# read from shared memory is 16 neighbouring bytes, one vector load. Q's and K's INT8 codes are packed four to an
+# int32 word and multiplied with *dp4a*: four int8 products summed into an int32 in one instruction. Numba has no
+# intrinsic for it, so the kernel calls a one-line CUDA C function, declared in Python and linked into the kernel:
+
+# %%
+print((Path(rung6_sgemm_dp4a.__file__).parent / "dp4a.cu").read_text().splitlines()[-1])
+source = inspect.getsource(rung6_sgemm_dp4a)
+start = source.index("DP4A_SOURCE =")
+print(source[start : source.index("\n\n", start)])
+
+# %% [markdown]
+# The simulator cannot run linked machine code, so there `dp4a` is `dp4a_simulated`, the same arithmetic in
+# Python (this page runs it). The inner loop over Q·Kᵀ: per word of 4 channels, 4 Q words and 4 K words from
+# shared memory, 16 dp4a:
+
+# %%
+excerpt(rung6_sgemm_dp4a.build_kernel, "for w0 in range(WORDS):", "dots[r, c] = dp4a(")
+check(RUNGS[5])
+
+# %% [markdown]
+# The softmax no longer waits on 64 threads: each thread writes its 4 rows' partial maxima to shared memory, and the
+# 16 threads of a row read all 16 partials and agree on the same maximum (the simulator has no warp shuffles, so
+# shared memory it is). Quantization moved to the GPU too: each block quantizes its own queries, a small kernel
+# quantizes K's tiles, and the kernels take raw device pointers, because Numba's per-call array views cost more
+# host time than a short kernel runs. Rung 6 takes head_dim up to 64 (its fp32 V and P tiles fill Numba's 48 KiB of
+# static shared memory); `sage_fast.numba.forward`, what `sageattn(..., implementation="numba")` runs, picks rung 6
+# up to head_dim 64, rung 5 up to 128 and rung 4 above:
+
+# %%
+for head_dim in (64, 128, 256):
+    print(f"head_dim {head_dim}: {sage_fast.numba.fastest_rung(head_dim).name}")
+print("forward at head_dim 16 holds itself to:", sage_fast.numba.reference_for(16).keywords)
 
 # %% [markdown]
 # ## Measured on a GPU
@@ -216,14 +253,17 @@ sizes = sorted({n for _, _, n in tops})
 columns = [(d, n) for d in (64, 128) for n in (sizes[0], sizes[-1])]
 print(f"  {'rung':17s}" + "".join(f"  {f'hd{d} N={n}':>13s}" for d, n in columns))
 for name in dict.fromkeys(r["rung"] for r in bench["results"]):  # the rungs measured
-    cells = [tops[name, d, n] for d, n in columns]
+    cells = [tops.get((name, d, n)) for d, n in columns]  # None: a head_dim the rung does not take
     print(f"  {name:17s}" + "".join(
-        f"  {c['tops']:5.2f} ({c['fraction_of_fp32_peak']:4.0%})" for c in cells))
+        f"  {c['tops']:5.2f} ({c['fraction_of_fp32_peak']:4.0%})" if c else f"  {'-':>13s}" for c in cells))
 
 # %% [markdown]
 # Not every step of the ladder pays on its own. On this card rungs 2 and 3 are *slower* than rung 1 at most
 # sizes: one thread per query row gives (batch · heads) × N/64 blocks little parallelism and long dependent
 # loops, and rung 3's shared tiles pay two barriers per tile for one row per thread. Rung 4 gains from INT8 in its
-# data movement only (Numba has no dp4a or tensor-core instruction), and rung 5's register tiles roughly double
-# that again. The measured FP32 peak is itself well below the datasheet's, so the percentages flatter the kernels; the
-# [Numba benchmark page](../benchmarks-numba.md) has every size, and the tensor cores' numbers are tutorial 05's.
+# data movement only, and rung 5's register tiles roughly double that again. Rung 6 is about 5× rung 5 at head_dim
+# 64: its kernel alone runs about 32 TOPS at N = 4096, and moving quantization onto the GPU and launching with raw
+# pointers took the host's share of a call from about 0.4 ms to 0.16 ms. The percentages are of an FP32 FMA
+# microbenchmark run alongside; the [Numba benchmark page](../benchmarks-numba.md) has every size and the
+# experiments behind rung 6 (what the profile says limits it, what dp4a changes), and the tensor cores' numbers are
+# tutorial 05's.
