@@ -38,17 +38,18 @@ def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Tiles:
-    """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages, and
-    ``small_head_registers``, a cap on registers per thread for HEAD_DIM <= 64 (None: the compiler's choice),
-    and ``tma``: K and V tiles copied through tensor descriptors (the Hopper TMA unit) instead of per-thread loads."""
+    """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages;
+    ``register_caps``, (HEAD_DIM tile, registers per thread) pairs that bound the registers the compiler
+    may use at that head size (absent: its own choice); and ``tma``: K and V tiles copied through tensor
+    descriptors (the Hopper TMA unit) instead of per-thread loads."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    small_head_registers: Optional[int] = None
+    register_caps: tuple[tuple[int, int], ...] = ()
     tma: bool = False
 
     def maxnreg(self, head_dim_padded: int) -> Optional[int]:
         """The launch's ``maxnreg``: fewer registers per thread let more programs share an SM."""
-        return self.small_head_registers if head_dim_padded <= 64 else None
+        return dict(self.register_caps).get(head_dim_padded)

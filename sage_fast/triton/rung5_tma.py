@@ -26,8 +26,12 @@ from .rung3_fused_quant import quantized_forward
 
 # Two stages, not rung 4's three: 165 registers would allow three programs per SM, shared memory
 # only with two stages (3 x 75 KB); at hd64 (already capped at 128 registers) three stages were 1.5 %
-# faster, within the run-to-run spread.
-TILES = replace(rung4_fp8_pv.TILES, num_stages=2, tma=True)
+# faster, within the run-to-run spread. The hd128 cap of 168 keeps three programs per SM when a length
+# is not a multiple of 16: the compiler then takes 203 registers (its masks lose their 16-wide
+# constancy), and the kernel ran 9-24 % slower (H200, N = 1000 / 8191, causal or not; docs/notes.md).
+TILES = replace(
+    rung4_fp8_pv.TILES, num_stages=2, tma=True, register_caps=rung4_fp8_pv.TILES.register_caps + ((128, 168),)
+)
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
