@@ -30,8 +30,12 @@ def test_report_of_a_tiny_model(model, extra, variant, tmp_path, capsys):
                    "--out", str(tmp_path), *extra])  # fmt: skip
     assert json.loads((tmp_path / f"evaluate-{model}-tiny-40-{variant}.json").read_text()) == report
     assert report["variant"] == variant
-    baseline, sage, floor = (report["agreement"][key] for key in ("sdpa", "sage", "noise_floor"))
-    assert sage.keys() == floor.keys() and baseline["perplexity"] > 1 and baseline["top1_margin_median"] > 0
+    baseline, sage, floor, sage_vs_wide = (
+        report["agreement"][key] for key in ("sdpa", "sage", "noise_floor", "sage_vs_wide")
+    )
+    assert sage.keys() == floor.keys() == sage_vs_wide.keys()
+    assert baseline["perplexity"] > 1 and baseline["top1_margin_median"] > 0
+    assert sage_vs_wide["cosine_hidden"] >= AGREEMENT and sage_vs_wide["top1_agreement"] >= 0.9
     assert (
         sage["cosine_hidden"] >= AGREEMENT and sage["top1_agreement"] >= 0.9 and abs(sage["perplexity_change"]) < 0.01
     )

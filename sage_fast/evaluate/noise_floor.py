@@ -6,7 +6,8 @@ floor is the same comparison for an attention that is exact and differs from the
 rounding: torch's SDPA on the baseline's q, k, v (and mask) upcast to float32 (float64 for a float32
 model), its output rounded back to the model's dtype. Everything outside attention runs as in the
 baseline, so the floor is what rounding inside a bfloat16 attention alone does to the outputs. sage
-rounds more than that (INT8 Q·Kᵀ, FP8 or FP16 P·V); what matters is how far above the floor it lands.
+rounds elsewhere (INT8 Q·Kᵀ; FP8 P·V, or FP16 P·V, which keeps more of P than the baseline's bfloat16
+P·V): what matters is how far above the floor it lands, and how far it is from this attention itself.
 
 Why not ``attn_implementation="eager"`` (also exact): at 8k it materialises every head's
 [q_len, kv_len] scores and their float32 softmax, over 10 GB of temporaries per Llama-8B layer (32

@@ -6,8 +6,9 @@ Builds the model from a config (``sage_fast.evaluate.models``: nothing is downlo
 of fixed random token ids (random weights have no text to read) with ``attn_implementation="sdpa"``
 (the baseline), with sage, and with the baseline's attention computed in a wider dtype (the noise
 floor, ``sage_fast.evaluate.noise_floor``), and reports how far sage and the noise floor move the
-outputs (``sage_fast.evaluate.agreement``: cosine of the last hidden states, top-1 agreement and RMS
-difference of the logits, perplexity change, greedy decode agreement) and the speed of sdpa and sage
+outputs from the baseline's and sage's from the wide attention's (``sage_fast.evaluate.agreement``:
+cosine of the last hidden states, top-1 agreement and RMS difference of the logits, perplexity change,
+greedy decode agreement) and the speed of sdpa and sage
 (``sage_fast.evaluate.timing``: median whole-forward time and median attention time per forward).
 ``--variant`` picks sage's P·V precision for every layer ("fp8", "fp16"; "auto": fp8 on sm89+);
 ``--calibrate T`` first makes a per-layer plan on a shorter random sample (SageAttention v1's adaptive
@@ -35,6 +36,9 @@ from . import agreement, models, noise_floor, timing
 
 SAGE_NAME, SDPA_TIMED, SAGE_TIMED = "sage_evaluate", "sdpa_evaluate_timed", "sage_evaluate_timed"
 WIDE_NAME = "sdpa_wide_evaluate"  # the noise floor: the baseline's attention in a wider dtype
+# (report key, reference, test): sage against the baseline, the noise floor (the wide attention against the
+# baseline), and sage against the wide attention (sage's own distance from less rounded attention)
+COMPARISONS = (("sage", "sdpa", SAGE_NAME), ("noise_floor", "sdpa", WIDE_NAME), ("sage_vs_wide", WIDE_NAME, SAGE_NAME))
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -146,10 +150,10 @@ def evaluate(args) -> dict:
     counts = sage_hf.counts(SAGE_NAME)
 
     compared = {}
-    for key, implementation in (("sage", SAGE_NAME), ("noise_floor", WIDE_NAME)):
-        compared[key] = agreement.agreement(outputs["sdpa"], outputs[implementation], tokens, decoder=decoder)
+    for key, reference, test in COMPARISONS:
+        compared[key] = agreement.agreement(outputs[reference], outputs[test], tokens, decoder=decoder)
         if continuations:
-            equal = continuations["sdpa"] == continuations[implementation]
+            equal = continuations[reference] == continuations[test]
             compared[key]["greedy_agreement"] = equal.double().mean().item()
     sdpa, sage = times["sdpa"], times[SAGE_NAME]
     speed = {
@@ -171,8 +175,9 @@ def evaluate(args) -> dict:
 
 
 def agreement_rows(report: dict) -> list:
-    """(what, sage, noise floor) rows of the agreement table."""
-    base, sage, floor = (report["agreement"][key] for key in ("sdpa", "sage", "noise_floor"))
+    """(what, one cell per comparison) rows of the agreement table."""
+    base = report["agreement"]["sdpa"]
+    compared = [report["agreement"][key] for key, _, _ in COMPARISONS]
     rows = [
         ("1 - cosine, last hidden states", lambda a: f"{1 - a['cosine_hidden']:.1e}"),
         ("top-1 agreement of logits", lambda a: f"{a['top1_agreement']:.2%}"),
@@ -180,13 +185,14 @@ def agreement_rows(report: dict) -> list:
          lambda a: f"{a['logit_rms_error']:.3g}"),
         (f"perplexity (sdpa: {base['perplexity']:.2f})", lambda a: f"{a['perplexity']:.2f} ({a['perplexity_change']:+.3%})"),
     ]  # fmt: skip
-    if "greedy_agreement" in sage:
+    if "greedy_agreement" in compared[0]:
         rows.append(("greedy decode agreement", lambda a: f"{a['greedy_agreement']:.2%}"))
-    return [(what, cell(sage), cell(floor)) for what, cell in rows]
+    return [(what, *(cell(a) for a in compared)) for what, cell in rows]
 
 
 def table(report: dict) -> str:
-    """Two short markdown tables of a report: agreement with the noise floor beside sage, then speed."""
+    """Two short markdown tables of a report: the agreements (sage, the noise floor, sage against the wide
+    attention), then the speed."""
     t, counts = report["timing"], report["counts"]
     speed = [
         ("attention ms / forward", f"{t['sdpa_attention_ms']:.2f} → {t['sage_attention_ms']:.2f} ({t['attention_speedup']:.2f}×)"),
@@ -197,9 +203,10 @@ def table(report: dict) -> str:
     env = report["environment"]
     head = (f"{report['model']}/{report['config']}, batch {report['batch']} × {report['seq_len']} tokens, {report['dtype']}, "
             f"sage {report['variant']}, {env['card']}, torch {env['torch']}, transformers {env['transformers']}")  # fmt: skip
+    wide = f"{report['noise_floor_dtype']} attention"
     return "\n".join([
-        head, "", f"| against the sdpa model | sage | noise floor: {report['noise_floor_dtype']} attention |", "|---|---|---|",
-        *(f"| {what} | {sage} | {floor} |" for what, sage, floor in agreement_rows(report)),
+        head, "", f"| | sage vs sdpa | noise floor: {wide} vs sdpa | sage vs {wide} |", "|---|---|---|---|",
+        *("| " + " | ".join(row) + " |" for row in agreement_rows(report)),
         "", "| speed | sdpa → sage |", "|---|---|", *(f"| {k} | {v} |" for k, v in speed),
     ])  # fmt: skip
 
