@@ -21,8 +21,8 @@ What changed from rung 5 (same SageAttention arithmetic: INT8 Q·Kᵀ, fp16 P·V
   tiles get a small kernel of their own (one block per 64 keys); K's mean (smoothing) is torch's, in fp64 like
   ``sage_ref.smooth_k``. Rung 5 ran about 40 small torch operations on the host instead.
 - Launched with raw device pointers (the kernels' signatures say ``CPointer``) on torch's current stream: a
-  Numba array view of each tensor, built anew on every call (with a host sync), typed and flattened into 13
-  launch parameters, cost more host time per call than a short kernel runs.
+  Numba array view of each tensor, built anew on every call (by default with a host sync), typed and flattened
+  into 13 launch parameters, cost more host time per call than a short kernel runs.
 - head_dim <= 64: at 128 the fp32 V and P tiles would overflow the 48 KiB of static shared memory Numba gives a
   block (rung 5 takes up to 128).
 
@@ -370,9 +370,7 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_ls
     shape, scale = check_args(q, k, v, is_causal=is_causal, sm_scale=sm_scale, return_lse=return_lse)
     check_flag("smooth_k", smooth_k)
     if shape.head_dim > MAX_HEAD_DIM:
-        raise ValueError(
-            f"q has head_dim {shape.head_dim}; rung 6 supports up to {MAX_HEAD_DIM} (rung 5 up to 128, rung 4 up to 256)"
-        )
+        raise ValueError(f"q has head_dim {shape.head_dim}; rung 6 supports up to {MAX_HEAD_DIM} (rung 5 up to 128)")
     B, H, Nq, D = shape.batch, shape.heads, shape.q_len, shape.head_dim
     kv_heads, kv_len, device = k.shape[1], shape.kv_len, q.device
     HEAD_DIM = head_dim_bucket(D)
