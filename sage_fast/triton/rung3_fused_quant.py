@@ -13,6 +13,8 @@ the call (362 against the kernel's 479).
 Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64, block_n=128)``.
 """
 
+import torch
+
 from . import attn_int8, rung2_int8_qk
 from .launch import INT8_MIN_HEAD_DIM, head_dim_block
 from .quant import quantize_kv, quantize_q
@@ -32,6 +34,11 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
     head_dim_padded = head_dim_block(head_dim, INT8_MIN_HEAD_DIM)
     scale = head_dim**-0.5 if sm_scale is None else sm_scale
     kv = quantize_kv(k, v, block_n=tiles.block_n, head_dim_padded=head_dim_padded, smooth_k=smooth_k, v_fp8=v_fp8)
+    if not v_fp8 and v.dtype != torch.float16:
+        # fp16 P·V multiplies fp16 V: round a bf16/fp32 V once here (the same round-to-nearest-even
+        # the kernel's conversion does), not once per query tile inside the kernel, where the
+        # conversion (two instructions per element for bf16) ran N / BLOCK_M times per element.
+        v = v.to(torch.float16)
     q_int8, q_scale, shift = quantize_q(
         q, sm_scale=scale, block_m=tiles.block_m, head_dim_padded=head_dim_padded,
         k_mean=kv["k_mean"] if (smooth_k and return_lse) else None, kv_heads=k.shape[1],
