@@ -3,7 +3,7 @@
 Numba shows the GPU's execution model with nothing hidden (threads, blocks, shared memory,
 barriers); it has no tensor-core API, and reaches dp4a (four int8 multiply-adds in one
 instruction) only through a linked CUDA C function (rung 6), so this ladder teaches the algorithm
-and the memory hierarchy on the CUDA cores, and the tensor-core story lives in :mod:`sage_fast.triton`.
+and the memory hierarchy on the CUDA cores, and the tensor-core story lives in `sage_fast.triton`.
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal, and the tests
 iterate over it. ``min_arch``: numba-cuda's floor, sm50 (sm53 for the fp16 conversions of rungs 4-6,

@@ -56,7 +56,7 @@ def as_kernel_array(t: torch.Tensor):
 def kernel_pointer(t: torch.Tensor):
     """A contiguous tensor as a pointer argument (the kernel's signature says ``CPointer(dtype)``): its address.
 
-    Cheaper per call than :func:`as_kernel_array`, whose array view Numba builds anew on every call (with a
+    Cheaper per call than `as_kernel_array`, whose array view Numba builds anew on every call (with a
     host sync) and then types, checks and flattens into 13 launch parameters. In the simulator: the flat numpy
     view, which a kernel indexes the same way.
     """
