@@ -11,10 +11,11 @@ cosine of the last hidden states, top-1 agreement and RMS difference of the logi
 greedy decode agreement) and the speed of sdpa and sage
 (``sage_fast.evaluate.timing``: median whole-forward time and median attention time per forward).
 ``--variant`` picks sage's P·V precision for every layer ("fp8", "fp16"; "auto": fp8 on sm89+);
-``--calibrate T`` first makes a per-layer plan on a shorter random sample (SageAttention v1's adaptive
-choice: the fastest variant with cosine >= T per layer) and runs sage with it; ``--plan FILE`` runs a
-saved plan. Writes ``evaluate-<model>-<config>-<seq_len>-<variant or "plan">.json`` (numbers, card,
-versions, date) into --out and prints two tables.
+``--calibrate T`` first makes a per-layer plan on another random sample, as long as the run's by default
+(SageAttention v1's adaptive choice: per layer the fastest variant, timed on a GPU, whose cosine is >= T)
+and runs sage with it; ``--plan FILE`` runs a saved plan. Writes
+``evaluate-<model>-<config>-<seq_len>-<variant or "plan">.json`` (numbers, card, versions, date) into
+--out and prints two tables.
 """
 
 from __future__ import annotations
@@ -58,13 +59,16 @@ def parse_args(argv):
     )
     parser.add_argument("--implementation", default="auto", help="passed to sageattn (auto: triton on cuda)")
     parser.add_argument("--calibrate", type=float, metavar="THRESHOLD", help="calibrate a per-layer plan first")
-    parser.add_argument("--calibration-len", type=int, default=1024, help="tokens of the calibration sample")
+    parser.add_argument("--calibration-len", type=int, help="tokens of the calibration sample (default: "
+                        "--seq-len: calibration times the variants, and which is fastest depends on the length)")  # fmt: skip
     parser.add_argument("--plan", type=Path, help="a saved AttentionPlan (JSON) to run instead of --variant")
     parser.add_argument("--new-tokens", type=int, default=8, help="greedy decode steps compared (decoders; 0: off)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
+    if args.calibration_len is None:
+        args.calibration_len = args.seq_len
     for name in ("seq_len", "batch", "reps", "calibration_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")

@@ -7,8 +7,8 @@
   a model's attention calls for calibration.
 - ``sage_fast.integrations.diffusers``: ``apply(model)`` wraps a diffusers model's attention processors.
 - ``AttentionPlan`` (``plan``) and ``calibrate`` (``calibration``): the SageAttention v1 paper's
-  adaptive choice, per layer the fastest variant (``variants``: fp8 > fp16 P·V > torch) whose cosine
-  similarity to an fp64 truth stays above a threshold, saved and loaded as JSON.
+  adaptive choice, per layer the fastest variant (``variants``: fp8 or fp16 P·V, or torch; timed on
+  the GPU) whose cosine similarity to an fp64 truth stays above a threshold, saved and loaded as JSON.
 
 transformers and diffusers are optional (``pip install 'sage-attention-ref[integrations]'``); their
 modules import them on first use, nothing here imports them.

@@ -6,14 +6,20 @@ cosine similarity above a threshold against accurate attention. A plan holds tha
 and the calibration's measurements, and round-trips through JSON::
 
     {
-      "format": "sage-attention-plan", "version": 1,
+      "format": "sage-attention-plan", "version": 2,
       "threshold": 0.999, "default": "torch",
-      "layers": {"model.layers.0.self_attn": "fp8", "model.layers.1.self_attn": "fp16"},
-      "metrics": {"model.layers.0.self_attn": {"fp8": 0.9993, "fp16": 0.9999, "torch": 1.0}, ...}
+      "layers": {"model.layers.0.self_attn": "fp8", "model.layers.1.self_attn": "torch"},
+      "metrics": {"model.layers.0.self_attn": {"fp8": {"cosine": 0.9993, "ms": 0.41},
+                                               "fp16": {"cosine": 0.9999, "ms": 0.62},
+                                               "torch": {"cosine": 1.0, "ms": 0.47}}, ...}
     }
 
-``metrics[layer][variant]`` is the smallest cosine similarity of that variant's output to the fp64
-truth over the layer's calibration calls. Loading validates every field and names the first bad one.
+``metrics[layer][variant]["cosine"]`` is the smallest cosine similarity of that variant's output to
+the fp64 truth over the layer's calibration calls; ``"ms"``, where present, the summed median time of
+those calls (measured on a GPU, absent where calibration did not time: see
+``sage_fast.integrations.calibration``). Version 1 files, whose metrics hold the cosine alone
+(``{"fp8": 0.9993}``), load as version 2 without times. Loading validates every field and names the
+first bad one.
 """
 
 from __future__ import annotations
@@ -25,8 +31,10 @@ from pathlib import Path
 
 from .variants import VARIANTS
 
-FORMAT, VERSION = "sage-attention-plan", 1
+FORMAT, VERSION = "sage-attention-plan", 2
+VERSIONS = (1, 2)  # version 1: metrics[layer][variant] is the cosine alone
 FIELDS = ("format", "version", "threshold", "default", "layers", "metrics")
+MEASURES = ("cosine", "ms")  # the fields of metrics[layer][variant]
 
 
 def check_variant(where: str, variant) -> str:
@@ -42,6 +50,28 @@ def check_cosine(where: str, value) -> float:
     if not (math.isfinite(value) and -1.0 <= value <= 1.0):
         raise ValueError(f"{where} must be a finite cosine similarity in [-1, 1], got {value!r}")
     return float(value)
+
+
+def check_ms(where: str, value) -> float:
+    """A measured time in milliseconds: a finite number > 0 (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where} must be a number of milliseconds, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{where} must be a finite time > 0 in milliseconds, got {value!r}")
+    return float(value)
+
+
+def check_measures(where: str, value) -> dict:
+    """One variant's measurements: {"cosine": cosine similarity} with an optional "ms" (a time > 0)."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{where} must be a dict with 'cosine' and optionally 'ms', got {value!r:.80}")
+    unknown = sorted(set(value) - set(MEASURES), key=str)
+    if unknown or "cosine" not in value:
+        raise ValueError(f"{where} must have 'cosine' and optionally 'ms', got the keys {sorted(value, key=str)}")
+    check_cosine(f"{where}['cosine']", value["cosine"])
+    if "ms" in value:
+        check_ms(f"{where}['ms']", value["ms"])
+    return value
 
 
 def check_layer_dict(where: str, value) -> dict:
@@ -64,9 +94,10 @@ class AttentionPlan:
         The variant of every layer the plan does not list.
     threshold : float
         The cosine similarity each chosen sage variant kept on the calibration data.
-    metrics : dict[str, dict[str, float]]
-        Layer → variant → smallest cosine similarity against the fp64 truth (may be empty for a
-        hand-written plan).
+    metrics : dict[str, dict[str, dict[str, float]]]
+        Layer → variant → ``{"cosine": smallest cosine similarity against the fp64 truth, "ms": summed
+        median time of the layer's calibration calls}`` ("ms" absent where not timed; the whole dict
+        may be empty for a hand-written plan).
 
     Examples
     --------
@@ -91,9 +122,9 @@ class AttentionPlan:
         check_layer_dict("metrics", self.metrics)
         for layer, by_variant in self.metrics.items():
             check_layer_dict(f"metrics[{layer!r}]", by_variant)
-            for variant, cosine in by_variant.items():
+            for variant, measures in by_variant.items():
                 check_variant(f"a variant of metrics[{layer!r}]", variant)
-                check_cosine(f"metrics[{layer!r}][{variant!r}]", cosine)
+                check_measures(f"metrics[{layer!r}][{variant!r}]", measures)
 
     def variant(self, layer: str) -> str:
         """The variant ``layer`` runs: its own, or the default."""
@@ -116,15 +147,17 @@ class AttentionPlan:
         unknown = sorted(set(data) - set(FIELDS))
         if unknown:
             raise ValueError(f"unknown plan fields {unknown}; a plan has {list(FIELDS)}")
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(
-                f"format/version must be {FORMAT!r}/{VERSION}, got {data.get('format')!r}/{data.get('version')!r}"
-            )
+        version = data.get("version")
+        if data.get("format") != FORMAT or isinstance(version, bool) or version not in VERSIONS:
+            raise ValueError(f"format/version must be {FORMAT!r}/one of {list(VERSIONS)}, "
+                             f"got {data.get('format')!r}/{version!r}")  # fmt: skip
         for name in ("threshold", "default", "layers"):
             if name not in data:
                 raise ValueError(f"the plan has no {name!r}")
-        return cls(layers=data["layers"], default=data["default"], threshold=data["threshold"],
-                   metrics=data.get("metrics", {}))  # fmt: skip
+        metrics = data.get("metrics", {})
+        if version == 1:
+            metrics = upgrade_metrics(metrics)
+        return cls(layers=data["layers"], default=data["default"], threshold=data["threshold"], metrics=metrics)
 
     def save(self, path) -> Path:
         """Write the plan as JSON to ``path``; returns the path."""
@@ -136,3 +169,14 @@ class AttentionPlan:
     def load(cls, path) -> AttentionPlan:
         """Read and validate a plan written by ``save``."""
         return cls.from_json(Path(path).read_text())
+
+
+def upgrade_metrics(metrics):
+    """Version 1's metrics (layer → variant → cosine) as version 2's (layer → variant → {"cosine": ...}).
+
+    What is not a dict of dicts is passed through for ``AttentionPlan`` to refuse by name.
+    """
+    if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+        return metrics
+    return {layer: {variant: {"cosine": cosine} for variant, cosine in by_variant.items()}
+            for layer, by_variant in metrics.items()}  # fmt: skip

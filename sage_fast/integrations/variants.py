@@ -1,4 +1,4 @@
-"""The attention variants an integration can run for one layer, fastest first, with torch's SDPA semantics.
+"""The attention variants an integration can run for one layer, with torch's SDPA semantics.
 
 ======== ================================================================ ===============================
 variant  what runs                                                        accuracy (Gaussian, rel-L1)
@@ -8,9 +8,14 @@ variant  what runs                                                        accura
 "torch"  ``torch.nn.functional.scaled_dot_product_attention`` itself     the input dtype's rounding
 ======== ================================================================ ===============================
 
-The order is the speed order on the H100/H200 (fp8 P·V runs at twice the fp16 tensor-core rate; see
-docs/benchmarks.md). The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
-(``sage_ref.sage_attention(pv="int8")``), not as a kernel, so it could never be the fast choice.
+Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
+(``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
+"fp8" beats torch's SDPA with cuDNN only from about 4k tokens (8k for causal head_dim 64), and "fp16" is
+slower than cuDNN almost everywhere (0.92x at head_dim 128 and 8k tokens; level at best, at head_dim 64
+and 32k). The order of ``VARIANTS`` (fp8, fp16, torch: the paper's assumption that lower P·V precision
+is faster) is only the fallback where nothing is timed. The
+v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
+(``sage_ref.sage_attention(pv="int8")``), not as a kernel.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sage_ref.checks import check_choice
 
 from ..api import FP8_MIN_CAPABILITY, IMPLEMENTATIONS, resolve_pv, scaled_dot_product_attention
 
-VARIANTS = ("fp8", "fp16", "torch")
+VARIANTS = ("fp8", "fp16", "torch")  # also calibration's static order where nothing is timed
 SAGE_VARIANTS = ("fp8", "fp16")
 CHOICES = ("auto", *VARIANTS)  # "auto": sageattn's own pv="auto" (fp8 on sm89+ GPUs, else fp16)
 
@@ -34,7 +39,7 @@ def check_options(variant: str, implementation: str) -> None:
 
 
 def variants_for(device: torch.device, implementation: str = "auto") -> tuple[str, ...]:
-    """The variants that can run on ``device``, fastest first: "fp8" needs sm89+ for the Triton kernels.
+    """The variants that can run on ``device``, in ``VARIANTS``' order: "fp8" needs sm89+ for the Triton kernels.
 
     On the CPU every variant runs (the sage_ref emulation rounds P to e4m3 like the kernel does).
     """
