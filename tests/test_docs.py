@@ -1,5 +1,6 @@
 """The site builds: ``mkdocs build --strict`` (broken links, missing pages or images, docstring errors fail)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -51,6 +52,29 @@ def test_accuracy_page_is_current():
     page = (ROOT / "docs" / "accuracy.md").read_text()
     for line in make_accuracy.table(rows).splitlines()[2:]:
         assert line in page, f"docs/accuracy.md is stale ({line!r} missing): run python docs/make_accuracy.py"
+
+
+def test_evaluation_table_is_current():
+    """docs/integrations.md's H200 evaluation table is what sage_fast.evaluate.summary renders from the committed
+    reports, caption included."""
+    from sage_fast.evaluate import summary
+
+    reports = [ROOT / f"docs/results/evaluate-{model}-large-8192-{variant}-h200-2026-11-26.json"
+               for model in ("llama", "bert") for variant in ("fp8", "fp16")]  # fmt: skip
+    table = summary.render([json.loads(path.read_text()) for path in reports])
+    page = (ROOT / "docs" / "integrations.md").read_text()
+    assert table in page, f"docs/integrations.md is stale; the summary prints now:\n{table}"
+
+
+def test_evaluation_summary_refuses_reports_without_a_common_caption():
+    from sage_fast.evaluate import summary
+
+    report = json.loads((ROOT / "docs/results/evaluate-bert-large-8192-fp8-h200-2026-11-26.json").read_text())
+    other = {**report, "environment": {**report["environment"], "card": "NVIDIA H100"}}
+    with pytest.raises(ValueError, match="'card'"):
+        summary.render([report, other])
+    with pytest.raises(ValueError, match="at least one"):
+        summary.render([])
 
 
 def test_docstrings_are_markdown():
