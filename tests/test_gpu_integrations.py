@@ -66,17 +66,25 @@ def test_generate_and_route_on_the_gpu():
 
 
 def test_calibration_times_the_variants_and_picks_the_fastest_that_passes():
-    """Every variant is accurate enough on the tiny model and timed; the fastest wins (torch, probably, at
-    48 tokens: the point of timing). A synthetic timer with the paper's order picks fp8 where it runs."""
+    """Every variant is timed on every layer; each layer gets the fastest variant that passes (torch always
+    passes: it is the model's own attention). With the paper's order as a synthetic timer, each layer gets
+    the first passing variant in that order. Whether fp8 passes 0.99 on this peaked tiny model is not
+    assumed (on the H200 it does not on every layer)."""
     model = llama().to("cuda", torch.float16)
     ids, mask = (t.cuda() for t in tokens(padded=11))
     calls = sage_hf.capture(model, lambda m: m(input_ids=ids, attention_mask=mask))
     plan = calibrate(calls, threshold=0.99)
     fp8 = torch.cuda.get_device_capability() >= (8, 9)
+    passing = {
+        layer: {v: m for v, m in by_variant.items() if v == "torch" or m["cosine"] >= 0.99}
+        for layer, by_variant in plan.metrics.items()
+    }
     for layer, by_variant in plan.metrics.items():
         assert set(by_variant) == ({"fp8"} if fp8 else set()) | {"fp16", "torch"}, by_variant
-        assert all(m["cosine"] >= 0.99 and m["ms"] > 0 for m in by_variant.values()), by_variant
-        assert by_variant[plan.layers[layer]]["ms"] == min(m["ms"] for m in by_variant.values()), by_variant
+        assert all(m["ms"] > 0 for m in by_variant.values()), by_variant
+        assert plan.layers[layer] in passing[layer], by_variant
+        assert by_variant[plan.layers[layer]]["ms"] == min(m["ms"] for m in passing[layer].values()), by_variant
     paper_order = {"fp8": 1.0, "fp16": 2.0, "torch": 3.0}
     by_paper = calibrate(calls, threshold=0.99, timer=lambda variant, run: paper_order[variant])
-    assert set(by_paper.layers.values()) == {"fp8" if fp8 else "fp16"}, by_paper.metrics
+    for layer, chosen in by_paper.layers.items():
+        assert chosen == min(passing[layer], key=paper_order.get), by_paper.metrics
