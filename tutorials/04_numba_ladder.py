@@ -20,6 +20,7 @@ teaches the algorithm and the memory hierarchy on the CUDA cores; the tensor-cor
 import inspect
 import json
 import os
+import textwrap
 from pathlib import Path
 
 import torch
@@ -45,22 +46,70 @@ from sage_fast.numba import (
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 print("running on", DEVICE, "(Numba's CUDA simulator)" if DEVICE == "cpu" else "")
-print("rungs:", ", ".join(rung.name for rung in RUNGS))
+print("rungs:", *(rung.name for rung in RUNGS), sep="\n  ")
 
 
 # %% [markdown]
-# The kernels live in `sage_fast/numba/`; this page prints the lines of each that the text is about, with a
-# small helper:
+# The kernels live in `sage_fast/numba/`; this page prints the lines of each that the text is about. Their
+# source is 120 characters wide, wider than this page, so `show` reflows what it prints: a trailing comment
+# moves onto its own line above its code, and a line of code still too long breaks inside its brackets,
+# where Python lets a statement go on.
 
 # %%
+WIDTH = 84  # the characters of code this page shows without scrolling sideways
+
+
+def fit(line, width=WIDTH):
+    """`line` as lines of at most `width` characters, where its brackets allow."""
+    if len(line) <= width:
+        return [line]
+    indent = line[: len(line) - len(line.lstrip())]
+    if line.lstrip().startswith("# "):
+        code, comment = "", line.lstrip()[2:]
+    else:
+        code, _, comment = line.partition("  # ")
+    prefix = indent + "# "
+    lines = [prefix + part for part in textwrap.wrap(comment, width - len(prefix))]
+    # Code breaks after the last bracket it opens at the top level and after the
+    # commas directly inside that bracket (quotes tracked: strings stay whole).
+    depth, quote, cuts = 0, None, []
+    for i, char in enumerate(code):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+            cuts = [i + 1] if depth == 1 else cuts
+        elif char in ")]}":
+            depth -= 1
+        elif char == "," and depth == 1:
+            cuts.append(i + 1)
+    if len(code) <= width or not cuts:
+        return lines + ([code] if code else [])
+    lines.append(code[: cuts[0]])
+    for a, b in zip(cuts, [*cuts[1:], len(code)]):
+        piece = code[a:b].strip()
+        if a > cuts[0] and len(lines[-1]) + 1 + len(piece) <= width:
+            lines[-1] += " " + piece
+        else:
+            lines.append(indent + "    " + piece)
+    return lines
+
+
+def show(source):
+    print("\n".join(out for line in source.split("\n") for out in fit(line)))
+
+
 def excerpt(obj, first, last):
-    """Print obj's source from the line with `first` to the next line with `last`."""
+    """Show obj's source from the line with `first` to the next line with `last`."""
     lines = inspect.getsource(obj).splitlines()
     jit = next((line for line in lines if "@cuda.jit" in line), "")
-    body = len(jit) - len(jit.lstrip()) + 4  # the kernel body's indentation: column 0
+    # the kernel body's indentation becomes column 0
+    body = len(jit) - len(jit.lstrip()) + 4
     start = next(n for n, line in enumerate(lines) if first in line)
     stop = next(n for n, line in enumerate(lines) if n >= start and last in line)
-    print("\n".join(line[body:] for line in lines[start : stop + 1]))
+    show("\n".join(line[body:] for line in lines[start : stop + 1]))
 
 
 # %% [markdown]
@@ -83,7 +132,9 @@ truth = sage_ref.naive_attention(q.double(), k.double(), v.double(), is_causal=T
 def check(rung):
     out = rung.forward(q, k, v, is_causal=True)
     ref = rung.reference(q, k, v, is_causal=True)
-    err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
+    err_rung, err_ref = (
+        (t.double() - truth).abs().max().item() for t in (out, ref)
+    )
     print(f"{rung.name}: max |rung - fp64| = {err_rung:.2e}, "
           f"max |reference - fp64| = {err_ref:.2e}")
     assert err_rung <= 2 * err_ref
@@ -100,7 +151,7 @@ def check(rung):
 # threads past the end return at once:
 
 # %%
-print(inspect.getsource(rung1_naive.scores_kernel))
+show(inspect.getsource(rung1_naive.scores_kernel))
 excerpt(rung1_naive.forward, "scores_kernel[", "pv_kernel[")
 
 # %% [markdown]
@@ -140,7 +191,8 @@ check(RUNGS[1])
 kernel = rung3_shared_tiles.build_kernel
 excerpt(kernel, "k_tile = cuda.shared.array", "v_tile = cuda.shared.array")
 excerpt(kernel, "for start_n in range(0, hi, BLOCK_N):", "cuda.syncthreads()")
-print("    if row_ok:  # a thread whose query row exists: online softmax\n        ...")
+print("    if row_ok:  # a thread whose query row exists: online softmax")
+print("        ...")
 excerpt(kernel, "m = m_new", "cuda.syncthreads()")
 
 # %%
@@ -207,10 +259,11 @@ print(f"S tile row stride: {stride} floats for {keys} keys")
 # intrinsic for it, so the kernel calls a one-line CUDA C function, declared in Python and linked into the kernel:
 
 # %%
-print((Path(rung6_sgemm_dp4a.__file__).parent / "dp4a.cu").read_text().splitlines()[-1])
+dp4a_cu = Path(rung6_sgemm_dp4a.__file__).with_name("dp4a.cu")
+print(dp4a_cu.read_text().splitlines()[-1])
 source = inspect.getsource(rung6_sgemm_dp4a)
 start = source.index("DP4A_SOURCE =")
-print(source[start : source.index("\n\n", start)])
+show(source[start : source.index("\n\n", start)])
 
 # %% [markdown]
 # The simulator cannot run linked machine code, so there `dp4a` is `dp4a_simulated`, the same arithmetic in
@@ -218,7 +271,8 @@ print(source[start : source.index("\n\n", start)])
 # shared memory, 16 dp4a:
 
 # %%
-excerpt(rung6_sgemm_dp4a.build_kernel, "for w0 in range(WORDS):", "dots[r, c] = dp4a(")
+kernel = rung6_sgemm_dp4a.build_kernel
+excerpt(kernel, "for w0 in range(WORDS):", "dots[r, c] = dp4a(")
 check(RUNGS[5])
 
 # %% [markdown]
@@ -233,7 +287,8 @@ check(RUNGS[5])
 # %%
 for head_dim in (64, 128, 256):
     print(f"head_dim {head_dim}: {sage_fast.numba.fastest_rung(head_dim).name}")
-print("forward at head_dim 16 holds itself to:", sage_fast.numba.reference_for(16).keywords)
+print("forward at head_dim 16 holds itself to:")
+print(" ", sage_fast.numba.reference_for(16).keywords)
 
 # %% [markdown]
 # ## Measured on a GPU
@@ -251,11 +306,16 @@ print(f"batch {first['batch']}, {first['heads']} heads, non-causal")
 tops = {(r["rung"], r["head_dim"], r["n"]): r for r in bench["results"]}
 sizes = sorted({n for _, _, n in tops})
 columns = [(d, n) for d in (64, 128) for n in (sizes[0], sizes[-1])]
+
+
+def cell(r):  # r is None for a head_dim the rung does not take
+    return f"{r['tops']:5.2f} ({r['fraction_of_fp32_peak']:4.0%})" if r else "-"
+
+
 print(f"  {'rung':17s}" + "".join(f"  {f'hd{d} N={n}':>13s}" for d, n in columns))
-for name in dict.fromkeys(r["rung"] for r in bench["results"]):  # the rungs measured
-    cells = [tops.get((name, d, n)) for d, n in columns]  # None: a head_dim the rung does not take
-    print(f"  {name:17s}" + "".join(
-        f"  {c['tops']:5.2f} ({c['fraction_of_fp32_peak']:4.0%})" if c else f"  {'-':>13s}" for c in cells))
+for name in dict.fromkeys(r["rung"] for r in bench["results"]):  # those measured
+    cells = [cell(tops.get((name, d, n))) for d, n in columns]
+    print(f"  {name:17s}" + "".join(f"  {c:>13s}" for c in cells))
 
 # %% [markdown]
 # Not every step of the ladder pays on its own. On this card rungs 2 and 3 are *slower* than rung 1 at most
