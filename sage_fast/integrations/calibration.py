@@ -137,10 +137,13 @@ def choose(metrics: dict, threshold: float) -> dict:
 
     Examples
     --------
-    >>> timed = {"fp8": {"cosine": 0.998, "ms": 1.0}, "fp16": {"cosine": 0.9999, "ms": 2.2},
-    ...          "torch": {"cosine": 1.0, "ms": 2.0}}
-    >>> untimed = {"fp8": {"cosine": 0.998}, "fp16": {"cosine": 0.9999}, "torch": {"cosine": 1.0}}
-    >>> choose({"a": timed, "b": untimed}, 0.999)   # a: fp16 passes but torch is faster
+    >>> timed = {
+    ...     "fp8": {"cosine": 0.998, "ms": 1.0},
+    ...     "fp16": {"cosine": 0.9999, "ms": 2.2},
+    ...     "torch": {"cosine": 1.0, "ms": 2.0},
+    ... }
+    >>> untimed = {v: {"cosine": m["cosine"]} for v, m in timed.items()}
+    >>> choose({"a": timed, "b": untimed}, 0.999)  # a: fp16 passes, but torch is faster
     {'a': 'torch', 'b': 'fp16'}
     >>> choose({"a": timed}, 0.99)
     {'a': 'fp8'}

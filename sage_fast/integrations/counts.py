@@ -22,7 +22,8 @@ class CallCounts:
     Examples
     --------
     >>> counts = CallCounts()
-    >>> counts.record("fp16"); counts.record("fp16"); counts.fall_back("dropout_p=0.1")
+    >>> counts.record("fp16"); counts.record("fp16")
+    >>> counts.fall_back("dropout_p=0.1")
     >>> counts.sage_calls, counts.torch_calls, counts.fallback_calls
     (2, 1, 1)
     """

@@ -37,8 +37,10 @@ def sdpa_key_mask(**kwargs):
     >>> import torch
     >>> from transformers import masking_utils
     >>> padding = torch.tensor([[True, True, True], [False, True, True]])
-    >>> mask = sdpa_key_mask(batch_size=2, q_length=4, kv_length=3, attention_mask=padding,
-    ...                      mask_function=masking_utils.bidirectional_mask_function)
+    >>> mask = sdpa_key_mask(
+    ...     batch_size=2, q_length=4, kv_length=3, attention_mask=padding,
+    ...     mask_function=masking_utils.bidirectional_mask_function,
+    ... )
     >>> mask.shape, mask[1, 0, 0].tolist()
     (torch.Size([2, 1, 1, 3]), [False, True, True])
     """

@@ -101,8 +101,9 @@ class AttentionPlan:
 
     Examples
     --------
-    >>> plan = AttentionPlan(layers={"model.layers.0.self_attn": "fp8"}, default="fp16", threshold=0.99)
-    >>> plan.variant("model.layers.0.self_attn"), plan.variant("model.layers.1.self_attn")
+    >>> layer0, layer1 = "model.layers.0.self_attn", "model.layers.1.self_attn"
+    >>> plan = AttentionPlan(layers={layer0: "fp8"}, default="fp16", threshold=0.99)
+    >>> plan.variant(layer0), plan.variant(layer1)
     ('fp8', 'fp16')
     >>> AttentionPlan.from_json(plan.to_json()) == plan
     True

@@ -117,7 +117,8 @@ def route_sdpa(variant="auto", *, implementation="auto", strict=False, counts=No
     >>> q = torch.randn(1, 4, 10, 32)
     >>> with route_sdpa(variant="fp16") as counts:
     ...     out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
-    ...     out = F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)  # sage has no dropout: torch runs it
+    ...     # sage has no dropout: torch runs this call, and counts it as a fallback
+    ...     out = F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
     >>> counts.variants["fp16"], counts.fallback_calls
     (1, 1)
     """

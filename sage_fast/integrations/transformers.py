@@ -161,9 +161,13 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     --------
     >>> import torch, transformers
     >>> from sage_fast.integrations import transformers as sage_hf
-    >>> config = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-    ...                                   num_attention_heads=4, num_key_value_heads=2)
-    >>> model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=sage_hf.register("sage"))
+    >>> config = transformers.LlamaConfig(
+    ...     vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    ...     num_attention_heads=4, num_key_value_heads=2,
+    ... )
+    >>> model = transformers.AutoModelForCausalLM.from_config(
+    ...     config, attn_implementation=sage_hf.register("sage")
+    ... )
     >>> logits = model(torch.randint(0, 64, (1, 9))).logits
     >>> sage_hf.counts("sage").sage_calls
     1
