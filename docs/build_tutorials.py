@@ -21,7 +21,7 @@ from pathlib import Path
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import jupytext  # noqa: E402  (after TRITON_INTERPRET: a tutorial may import Triton code)
+import jupytext  # after TRITON_INTERPRET: a tutorial may import Triton code
 
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
@@ -67,7 +67,7 @@ def render(path: Path) -> str:
             # Registered with linecache so inspect.getsource (which @triton.jit needs) finds the cell's code.
             filename = f"{rel} (cell {index})"
             linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-            exec(compile(source, filename, "exec"), namespace)
+            exec(compile(source, filename, "exec"), namespace)  # noqa: S102
         parts.append(f"```python\n{source}\n```")
         output = captured.getvalue().rstrip()
         if output:
@@ -79,6 +79,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)  # the printed digits do not depend on the machine's core count
+    # As `python tutorials/NN_*.py` does: the tutorials import their shared helpers (`from listing import show`).
+    sys.path.insert(0, str(TUTORIALS))
     OUT.mkdir(parents=True, exist_ok=True)
     for path in sorted(TUTORIALS.glob("[0-9][0-9]_*.py")):
         if argv and not any(path.name.startswith(prefix) for prefix in argv):

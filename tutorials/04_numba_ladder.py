@@ -20,7 +20,6 @@ teaches the algorithm and the memory hierarchy on the CUDA cores; the tensor-cor
 import inspect
 import json
 import os
-import textwrap
 from pathlib import Path
 
 import torch
@@ -51,54 +50,12 @@ print("rungs:", *(rung.name for rung in RUNGS), sep="\n  ")
 
 # %% [markdown]
 # The kernels live in `sage_fast/numba/`; this page prints the lines of each that the text is about. Their
-# source is 120 characters wide, wider than this page, so `show` reflows what it prints: a trailing comment
-# moves onto its own line above its code, and a line of code still too long breaks inside its brackets,
-# where Python lets a statement go on.
+# source is 120 characters wide, wider than this page, so `show` (from `tutorials/listing.py`, which
+# tutorial 07 uses too) reflows what it prints: a trailing comment moves onto its own line above its code,
+# and a line of code still too long breaks inside its brackets, where Python lets a statement go on.
 
 # %%
-WIDTH = 84  # the characters of code this page shows without scrolling sideways
-
-
-def fit(line, width=WIDTH):
-    """`line` as lines of at most `width` characters, where its brackets allow."""
-    if len(line) <= width:
-        return [line]
-    indent = line[: len(line) - len(line.lstrip())]
-    if line.lstrip().startswith("# "):
-        code, comment = "", line.lstrip()[2:]
-    else:
-        code, _, comment = line.partition("  # ")
-    prefix = indent + "# "
-    lines = [prefix + part for part in textwrap.wrap(comment, width - len(prefix))]
-    # Code breaks after the last bracket it opens at the top level and after the
-    # commas directly inside that bracket (quotes tracked: strings stay whole).
-    depth, quote, cuts = 0, None, []
-    for i, char in enumerate(code):
-        if quote:
-            quote = None if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-            cuts = [i + 1] if depth == 1 else cuts
-        elif char in ")]}":
-            depth -= 1
-        elif char == "," and depth == 1:
-            cuts.append(i + 1)
-    if len(code) <= width or not cuts:
-        return lines + ([code] if code else [])
-    lines.append(code[: cuts[0]])
-    for a, b in zip(cuts, [*cuts[1:], len(code)]):
-        piece = code[a:b].strip()
-        if a > cuts[0] and len(lines[-1]) + 1 + len(piece) <= width:
-            lines[-1] += " " + piece
-        else:
-            lines.append(indent + "    " + piece)
-    return lines
-
-
-def show(source):
-    print("\n".join(out for line in source.split("\n") for out in fit(line)))
+from listing import show
 
 
 def excerpt(obj, first, last):

@@ -25,9 +25,10 @@ if not torch.cuda.is_available():
 
 import triton
 import triton.language as tl
+from listing import show  # tutorials/listing.py: source fitted to the page
 
-import sage_ref
 import sage_fast.triton  # under the interpreter, this fixes two of its bugs
+import sage_ref
 from sage_fast.triton import quant
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,7 +56,8 @@ def quantize_rows_kernel(X, Codes, Scale, n, BLOCK: tl.constexpr, D: tl.constexp
     ptrs = offs[:, None] * D + tl.arange(0, D)[None, :]
     x = tl.load(X + ptrs, mask=rows, other=0.0)
     amax = tl.max(tl.max(tl.abs(x), 1), 0)
-    safe = tl.where(amax == 0.0, 1.0, amax)            # an all-zero tile gets codes 0
+    # an all-zero tile gets codes 0
+    safe = tl.where(amax == 0.0, 1.0, amax)
     inv = tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, safe))
     xs = x * inv
     # The cast truncates, so adding ±0.5 first rounds halves away from zero.
@@ -73,7 +75,8 @@ quantize_rows_kernel[(triton.cdiv(n, block),)](x, codes, scale, n, BLOCK=block, 
 expected = sage_ref.quantize_int8(x[None, None], "block", block_size=block)
 assert torch.equal(codes, expected.codes[0, 0])
 assert torch.equal(scale, expected.scale[0, 0])
-print(f"{n} rows, {scale.numel()} tiles: codes and scales bit-identical to sage_ref's")
+print(f"{n} rows, {scale.numel()} tiles: "
+      "codes and scales bit-identical to sage_ref's")
 
 # %% [markdown]
 # The project's `sage_fast.triton.quant` does the same for Q (with \(\tfrac{1}{\sqrt d}\log_2 e\) folded in),
@@ -130,7 +133,8 @@ shape = (1, 2, 150, 64)
 torch.manual_seed(0)
 q, k, v = (torch.randn(shape, dtype=torch.float16, device=DEVICE) for _ in range(3))
 truth = sage_ref.naive_attention(q.double(), k.double(), v.double())
-kwargs = dict(is_causal=False, sm_scale=None, return_lse=False, smooth_k=True)
+kwargs = {"is_causal": False, "sm_scale": None, "return_lse": False,
+          "smooth_k": True}
 out, ref = rung4.forward(q, k, v, **kwargs), rung4.reference(q, k, v, **kwargs)
 err_rung, err_ref = ((t.double() - truth).abs().max().item() for t in (out, ref))
 print(f"{rung4.name}: max |rung - fp64| = {err_rung:.2e}, "
@@ -164,12 +168,19 @@ print(f"rel L1 vs fp64: fp8 P·V (rung 4) {sage_ref.relative_l1(out, truth):.4f}
 from sage_fast.triton import attn_int8
 
 source = [line.strip() for line in inspect.getsource(attn_int8).splitlines()]
+
+
+def first(test):
+    """The first line of attn_int8.py's source that passes `test`, indented."""
+    return "    " + next(line for line in source if test(line))
+
+
 print("rung 4: a tile of addresses, each thread loads its share")
-print("   ", next(line for line in source if line.startswith("k_src = KInt8 +")))
-print("   ", next(line for line in source if line == "k = tl.load(k_src + start_n * HEAD_DIM)"))
+show(first(lambda line: line.startswith("k_src = KInt8 +")))
+show(first(lambda line: line == "k = tl.load(k_src + start_n * HEAD_DIM)"))
 print("rung 5: a descriptor made on the host, one request per tile in the kernel")
-print("   ", next(line for line in source if line.startswith("k_int8 = TensorDescriptor.from_tensor(")))
-print("   ", next(line for line in source if line.startswith("k = k_src.load(")))
+show(first(lambda line: line.startswith("k_int8 = TensorDescriptor.from_tensor(")))
+show(first(lambda line: line.startswith("k = k_src.load(")))
 
 # %% [markdown]
 # (`.T` because the descriptor's tile is [keys, channels] and the product needs [channels, keys]; on GPUs before
@@ -184,9 +195,11 @@ out5 = rung5.forward(q, k, v, **kwargs)
 assert torch.equal(out5, out)
 torch.manual_seed(1)
 q2 = torch.randn(1, 4, 120, 64, dtype=torch.float16, device=DEVICE)
-k2, v2 = (torch.randn(1, 2, 133, 64, dtype=torch.float16, device=DEVICE) for _ in range(2))
-causal = dict(is_causal=True, sm_scale=None, return_lse=True)
-(o4, lse4), (o5, lse5) = rung4.forward(q2, k2, v2, **causal), rung5.forward(q2, k2, v2, **causal)
+k2, v2 = (torch.randn(1, 2, 133, 64, dtype=torch.float16, device=DEVICE)
+          for _ in range(2))
+causal = {"is_causal": True, "sm_scale": None, "return_lse": True}
+o4, lse4 = rung4.forward(q2, k2, v2, **causal)
+o5, lse5 = rung5.forward(q2, k2, v2, **causal)
 assert torch.equal(o5, o4) and torch.equal(lse5, lse4)
 print(f"{rung5.name} == {rung4.name}: bit-identical outputs and log-sum-exps")
 
@@ -201,35 +214,49 @@ print(f"{rung5.name} == {rung4.name}: bit-identical outputs and log-sum-exps")
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 
 
+TENSOR_PIPE = "tensor pipe busy, %"
+
+
 def ncu_report(name):
-    """{metric: value} from an ncu text report; the tensor pipe's busy % under one name for both reports."""
+    """{metric: value} from an ncu text report; the tensor pipe's busy %
+    under one name for both reports."""
     metrics = {}
     for line in (RESULTS / name).read_text().splitlines():
         fields = re.split(r"\s{2,}", line.strip())
         if len(fields) >= 2 and re.fullmatch(r"[0-9.,]+", fields[-1]):
             metrics.setdefault(fields[0], fields[-1])
-        tensor = re.search(r"Tensor is the highest-utilized pipeline \(([0-9.]+)%\)", line)
-        if tensor:  # rung 4's report: the Compute Workload Analysis section
-            metrics["tensor pipe busy, %"] = tensor.group(1)
-    raw = metrics.get("sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active")
-    if raw:  # rung 5's report: a raw metric
-        metrics["tensor pipe busy, %"] = f"{float(raw):.1f}"
+        # rung 4's report: the Compute Workload Analysis section
+        tensor = re.search(
+            r"Tensor is the highest-utilized pipeline \(([0-9.]+)%\)", line
+        )
+        if tensor:
+            metrics[TENSOR_PIPE] = tensor.group(1)
+    # rung 5's report: a raw metric
+    raw = metrics.get(
+        "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"
+    )
+    if raw:
+        metrics[TENSOR_PIPE] = f"{float(raw):.1f}"
     return metrics
 
 
 reports = {"rung 4": ncu_report("ncu-rung4-h200-2026-11-26.txt"),
            "rung 5": ncu_report("ncu-rung5-d128-h200-2026-11-26.txt")}
+shown = (
+    ("Registers Per Thread", "registers per thread"),
+    ("Dynamic Shared Memory Per Block", "shared memory per program, KB"),
+    ("Block Limit Registers", "programs per SM, register limit"),
+    ("Block Limit Shared Mem", "programs per SM, shared-memory limit"),
+    ("Active Warps Per Scheduler", "warps per scheduler"),
+    ("Eligible Warps Per Scheduler", "  of them ready to issue"),
+    ("Issued Warp Per Scheduler", "instructions per scheduler-cycle"),
+    (TENSOR_PIPE, TENSOR_PIPE),
+    ("Duration", "kernel time under ncu, ms"),
+)
 print(f"  {'':38s}" + "".join(f"{rung:>9}" for rung in reports))
-for metric, label in (("Registers Per Thread", "registers per thread"),
-                      ("Dynamic Shared Memory Per Block", "shared memory per program, KB"),
-                      ("Block Limit Registers", "programs per SM, register limit"),
-                      ("Block Limit Shared Mem", "programs per SM, shared-memory limit"),
-                      ("Active Warps Per Scheduler", "warps per scheduler"),
-                      ("Eligible Warps Per Scheduler", "  of them ready to issue"),
-                      ("Issued Warp Per Scheduler", "instructions per scheduler-cycle"),
-                      ("tensor pipe busy, %", "tensor pipe busy, %"),
-                      ("Duration", "kernel time under ncu, ms")):
-    print(f"  {label:38s}" + "".join(f"{report[metric]:>9}" for report in reports.values()))
+for metric, label in shown:
+    values = (report[metric] for report in reports.values())
+    print(f"  {label:38s}" + "".join(f"{value:>9}" for value in values))
 
 # %% [markdown]
 # Rung 4: 255 registers for each of 128 threads is about 32k registers per program, and its three pipeline stages
@@ -249,13 +276,17 @@ for metric, label in (("Registers Per Thread", "registers per thread"),
 # against SDPA cuDNN the same way:
 
 # %%
-probes = json.loads((RESULTS / "probes-h200-2026-11-26.json").read_text())["rung5_tma"]
-shapes = {"head_dim 128": (128, False), "head_dim 128 causal": (128, True), "head_dim 64": (64, False)}
+probes = json.loads((RESULTS / "probes-h200-2026-11-26.json").read_text())
+probes = probes["rung5_tma"]
+shapes = {"head_dim 128": (128, False),
+          "head_dim 128 causal": (128, True),
+          "head_dim 64": (64, False)}
 
 
 def runs(key, name, d, is_causal):
     """TOPS of each round of one probe, in the order they ran."""
-    return [r["tops"] for r in probes if r.get(key) == name and r["d"] == d and r["causal"] == is_causal
+    return [r["tops"] for r in probes
+            if r.get(key) == name and r["d"] == d and r["causal"] == is_causal
             and r.get("n", 8192) == 8192]
 
 
@@ -264,15 +295,18 @@ def spread(values):
     return low if low == high else f"{low}–{high}"
 
 
-print(f"TOPS, N = 8192, kernel alone {'rung 4':>11} {'rung 5':>11}   rung 5 / rung 4, round by round")
+head = f"{'rung 4':>11} {'rung 5':>11}"
+print(f"TOPS, N = 8192, kernel alone {head}   rung 5 / rung 4, by round")
 for label, (d, is_causal) in shapes.items():
-    r4, r5 = runs("kernel", "r4", d, is_causal), runs("kernel", "tma s2", d, is_causal)
+    r4 = runs("kernel", "r4", d, is_causal)
+    r5 = runs("kernel", "tma s2", d, is_causal)
     gains = "  ".join(f"{b / a - 1:+.1%}" for a, b in zip(r4, r5))
     print(f"  {label:26s} {spread(r4):>11} {spread(r5):>11}   {gains}")
-print(f"TOPS, N = 8192, whole call   {'SDPA cuDNN':>11} {'rung 4':>11} {'rung 5':>11}")
+print(f"TOPS, N = 8192, whole call   {'SDPA cuDNN':>11} {head}")
 for label, (d, is_causal) in shapes.items():
-    print(f"  {label:26s}" + "".join(f" {spread(runs('call', name, d, is_causal)):>11}"
-                                     for name in ("cudnn", "rung4", "rung5")))
+    calls = (runs("call", rung, d, is_causal)
+             for rung in ("cudnn", "rung4", "rung5"))
+    print(f"  {label:26s}" + "".join(f" {spread(call):>11}" for call in calls))
 
 # %% [markdown]
 # A few percent, kernel alone and whole call, for the same bits: what is left is the chain inside each program,
@@ -285,7 +319,9 @@ for label, (d, is_causal) in shapes.items():
 # one read and write of q, k and v), read from the committed results:
 
 # %%
-breakdown = json.loads((RESULTS / "breakdown-h200-2026-11-26-rung5.json").read_text())
+breakdown = json.loads(
+    (RESULTS / "breakdown-h200-2026-11-26-rung5.json").read_text()
+)
 env = breakdown["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("ms per part, B·N = 16k, 32 heads")
@@ -295,8 +331,10 @@ print(f"  {'':20s} {'N = 1024':>9} {'N = 8192':>9}")
 for part in parts:
     print(f"  {part:20s} {ms[part, 1024]:9.3f} {ms[part, 8192]:9.3f}")
 whole = next(part for part in parts if part.endswith("whole call"))
-share = {n: (ms["quantize_kv", n] + ms["quantize_q", n]) / ms[whole, n] for n in (1024, 8192)}
-print(f"  quantization's share of the call: {share[1024]:.0%} at N = 1024, {share[8192]:.0%} at N = 8192")
+share = {n: (ms["quantize_kv", n] + ms["quantize_q", n]) / ms[whole, n]
+         for n in (1024, 8192)}
+print(f"  quantization's share of the call: {share[1024]:.0%} at N = 1024, "
+      f"{share[8192]:.0%} at N = 8192")
 
 # %% [markdown]
 # And the whole ladder against PyTorch's fastest attention and PyPI `sageattention` 1.0.6 (TOPS as in
@@ -310,9 +348,9 @@ names = {"sdpa-cudnn": "SDPA cuDNN", "sageattention-1.0.6": "1.0.6",
          "rung3-fused-quant": "rung 3", "rung4-fp8-pv": "rung 4",
          "rung5-tma": "rung 5", "sageattn-fp8": "sageattn fp8"}
 print("TOPS, head_dim 128, non-causal")
-print("      N  " + "".join(f"{label:>14}" for label in names.values()))
+print("     N" + "".join(f"{label:>13}" for label in names.values()))
 for n in (1024, 4096, 8192, 32768):
-    print(f"  {n:5d}  " + "".join(f"{tops[name, n]:14.0f}" for name in names))
+    print(f"{n:6d}" + "".join(f"{tops[name, n]:13.0f}" for name in names))
 
 # %% [markdown]
 # `sageattn fp8` is rung 5 measured a second time: the two columns differ by the run-to-run spread of a single
