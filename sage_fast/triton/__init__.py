@@ -4,15 +4,13 @@
 and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H200,
 2026-11-26, docs/results/bench-h200-2026-11-26-rung5.json; SDPA-cuDNN 583 TOPS, sageattention 1.0.6 409):
 
-=====================  =====  ==========================================================
-rung                    TOPS  what it adds
-=====================  =====  ==========================================================
-1 flash fp16             423  tiles, online softmax in base 2 (FlashAttention)
-2 int8 Q·Kᵀ              261  INT8 Q·Kᵀ (kernel alone 591), PyTorch quantization on the host
-3 fused quantization     547  smoothing + quantization in Triton launches (``pv="fp16"``)
-4 fp8 P·V                670  FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2)
-5 TMA                    694  K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``)
-=====================  =====  ==========================================================
+| rung | TOPS | what it adds |
+|---|---|---|
+| 1 flash fp16 | 423 | tiles, online softmax in base 2 (FlashAttention) |
+| 2 int8 Q·Kᵀ | 261 | INT8 Q·Kᵀ (kernel alone 591), PyTorch quantization on the host |
+| 3 fused quantization | 547 | smoothing + quantization in Triton launches (``pv="fp16"``) |
+| 4 fp8 P·V | 670 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
+| 5 TMA | 694 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
 
 Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 722 in the same run).
 """
