@@ -51,6 +51,24 @@ def test_key_padding_path_agrees_with_the_full_mask_path(variant):
     assert 1 - cosine < 1e-5, cosine
 
 
+@pytest.mark.parametrize("variant", ["fp16", "fp8"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_causal_key_row_path_agrees_with_the_full_mask_path(variant, side):
+    """A padded Llama batch: the kernels' bottom-right causal with one row of keys (what sage gets, is_causal
+    and [B,1,1,Nkv]) and their tile-by-tile path (transformers' full causal [B,1,Nq,Nkv] mask) agree to the
+    last bits: 1 - cos below 1e-5, as for the key-padding path above (bit for bit under the interpreter and
+    the emulation, tests/test_integrations_masks.py; the compiled kernel builds differ in last bits)."""
+    model = llama().to("cuda", torch.float16)
+    ids, mask = (t.cuda() for t in tokens(padded=11, seq_len=300))
+    mask = mask if side == "left" else mask.flip(-1)
+    fast = sage_hf.register(f"sage_gpu_causal_keys_{variant}", variant=variant)
+    full = sage_hf.register(f"sage_gpu_causal_full_{variant}", variant=variant)
+    transformers.masking_utils.AttentionMaskInterface.register(full, transformers.masking_utils.sdpa_mask)
+    cosine = sage_ref.cosine_similarity(last_hidden(model, fast, ids, mask), last_hidden(model, full, ids, mask))
+    assert 1 - cosine < 1e-5, cosine
+    assert sage_hf.counts(fast).masks == {"causal + key row": 2} and sage_hf.counts(full).masks == {"full": 2}
+
+
 def test_generate_and_route_on_the_gpu():
     model = llama().to("cuda", torch.float16)
     ids, mask = (t.cuda() for t in tokens(padded=11))

@@ -18,6 +18,10 @@ class CallCounts:
     fallbacks : collections.Counter
         Calls that were meant for sage but ran torch's SDPA because sage cannot honour them, keyed by
         the reason (sage's own error message, or what the integration checked).
+    masks : collections.Counter
+        sage calls by the mask layout that reached the kernel (integrations that record it): "none",
+        "causal" (the flag alone), "key row" ([batch, 1, 1, kv_len], the fast ROW_BIAS path), "causal +
+        key row" (both: a padded decoder batch), "full" (a mask that varies over queries, FULL_BIAS).
 
     Examples
     --------
@@ -30,10 +34,15 @@ class CallCounts:
 
     variants: Counter = field(default_factory=Counter)
     fallbacks: Counter = field(default_factory=Counter)
+    masks: Counter = field(default_factory=Counter)
 
     def record(self, variant: str) -> None:
         """One call ran ``variant`` ("fp8", "fp16" or "torch") as chosen."""
         self.variants[variant] += 1
+
+    def record_mask(self, layout: str) -> None:
+        """One sage call reached the kernel with mask ``layout`` (see ``masks``)."""
+        self.masks[layout] += 1
 
     def fall_back(self, reason: str) -> None:
         """One call meant for sage ran torch's SDPA instead, because of ``reason``."""
@@ -60,6 +69,7 @@ class CallCounts:
             "torch_calls": self.torch_calls,
             "variants": dict(self.variants),
             "fallbacks": dict(self.fallbacks),
+            "masks": dict(self.masks),
         }
 
     def __str__(self) -> str:

@@ -13,7 +13,10 @@ The registered function behaves as transformers' own "sdpa" one, with sageattn d
 the masks are those transformers builds for "sdpa" (``masks.sdpa_key_mask`` is registered under the same
 name: ``sdpa_mask``'s boolean [batch, 1, q_len, kv_len], except that padding-only masks of bidirectional
 attention come as [batch, 1, 1, kv_len], the kernel's fast path; None when ``is_causal`` or no padding
-says it all), causal is torch's top-left
+says it all). A causal padding mask that ``sdpa_key_mask`` noted as bottom-right causal plus a row of
+keys (``masks.causal_keys``: a padded decoder batch in prefill or generation) runs as
+``sageattn(is_causal=True, attn_mask=[batch, 1, 1, kv_len])``, the fast path too; every other mask as
+it comes (``counts(name).masks`` tallies the layouts). Causal without a mask is torch's top-left
 convention for prefill and no mask for a single decoded token, grouped-query attention runs natively
 (no ``repeat_kv`` copy), T5-style ``position_bias`` becomes an additive mask. A KV cache is whatever
 the model's cache hands the function: q_len < kv_len with the cache's mask.
@@ -33,9 +36,9 @@ import torch
 from .calibration import AttentionCall
 from .counts import CallCounts
 from .extras import require
-from .masks import sdpa_key_mask
+from .masks import causal_keys, sdpa_key_mask
 from .plan import AttentionPlan
-from .variants import attend, check_options, resolve
+from .variants import attend, attend_causal, check_options, mask_layout, resolve
 
 # Keyword arguments models pass that need nothing from the attention function: rotary positions are
 # already in q and k, the cache was updated before the call, the sliding window and packed sequences
@@ -120,7 +123,13 @@ class SageAttention:
                                                         position_bias=position_bias, **kwargs)  # fmt: skip
             self.counts.record("torch")
             return out
-        out = attend(variant, implementation=self.implementation, **call)
+        noted = causal_keys(attention_mask) if position_bias is None else None
+        if noted is not None and (noted.q_len, noted.kv_len) == (query.shape[2], key.shape[2]):
+            out = attend_causal(variant, query, key, value, noted.key_mask, scaling, implementation=self.implementation)
+            self.counts.record_mask(mask_layout(noted.key_mask, True))
+        else:
+            out = attend(variant, implementation=self.implementation, **call)
+            self.counts.record_mask(mask_layout(call["attn_mask"], call["is_causal"]))
         self.counts.record(variant)
         return out.transpose(1, 2).contiguous(), None
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from sage_ref.checks import check_choice
 
+from .. import api
 from ..api import FP8_MIN_CAPABILITY, IMPLEMENTATIONS, resolve_pv, scaled_dot_product_attention
 
 VARIANTS = ("fp8", "fp16", "torch")  # also calibration's static order where nothing is timed
@@ -75,6 +76,28 @@ def attend(variant, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
         enable_gqa=enable_gqa, pv=variant, implementation=implementation,
     )  # fmt: skip
+
+
+def attend_causal(variant, query, key, value, key_mask=None, scale=None, *, implementation="auto"):
+    """softmax(Q Kᵀ · scale + causal + key_mask) V by a sage ``variant``, causal aligned *bottom-right*.
+
+    Query i sees key j iff j <= i + kv_len - q_len and ``key_mask[b, 0, 0, j]`` (bool [batch, 1, 1,
+    kv_len], or None): sageattn's own ``is_causal`` with a key-padding row, the kernel's fast mask path.
+    torch's SDPA has no such call (its ``is_causal`` is top-left and excludes a mask), so there is no
+    "torch" variant here. Shapes as ``attend``'s; GQA runs natively.
+    """
+    check_options(variant, implementation)
+    check_choice("variant", variant, SAGE_VARIANTS)
+    return api.sageattn(query, key, value, is_causal=True, sm_scale=scale, attn_mask=key_mask, pv=variant,
+                        implementation=implementation)  # fmt: skip
+
+
+def mask_layout(attn_mask, is_causal: bool) -> str:
+    """How a call's mask reaches the kernel, as ``CallCounts.masks`` keys it (from shapes, never values)."""
+    if attn_mask is None:
+        return "causal" if is_causal else "none"
+    rows = "key row" if attn_mask.dim() < 2 or attn_mask.shape[-2] == 1 else "full"
+    return f"causal + {rows}" if is_causal else rows
 
 
 def resolve(variant: str, device: torch.device) -> str:
