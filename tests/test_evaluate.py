@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tiny_models import AGREEMENT
 
+from sage_fast.evaluate.models import build
 from sage_fast.evaluate.noise_floor import wide_attention
 from sage_fast.evaluate.run import main
 
@@ -81,8 +82,21 @@ def test_noise_floor_attention_is_sdpa_in_a_wider_dtype():
 
 
 @pytest.mark.parametrize("argv, match", [(["--model", "gpt"], "--model"), (["--model", "llama", "--seq-len", "0"], "seq-len"),
-                                         (["--model", "llama", "--plan", "p.json", "--calibrate", "0.9"], "exclude")])  # fmt: skip
-def test_bad_arguments(argv, match, capsys):
+                                         (["--model", "llama", "--plan", "p.json", "--calibrate", "0.9"], "exclude"),
+                                         (["--model", "llama", "--plan", "p.json", "--variant", "fp8"], "--variant"),
+                                         (["--model", "llama", "--calibrate", "0.9", "--variant", "fp16"], "--variant"),
+                                         (["--model", "llama", "--calibration-len", "16"], "--calibration-len"),
+                                         (["--model", "llama", "--calibrate", "0.9", "--seq-len", "40",
+                                           "--calibration-len", "41"], "--calibration-len")])  # fmt: skip
+def test_bad_arguments(argv, match, capsys, tmp_path, monkeypatch):
+    """Refused before anything runs, naming the argument: also those that would be ignored (a --variant beside
+    a plan, a --calibration-len without --calibrate or longer than the run)."""
+    monkeypatch.chdir(tmp_path)  # --out defaults to ".": a run that is not refused writes there, not into the repo
     with pytest.raises(SystemExit):
         main(argv)
     assert match in capsys.readouterr().err
+
+
+def test_build_refuses_an_unknown_model_by_name():
+    with pytest.raises(ValueError, match="model/size"):
+        build("gpt", "tiny", seq_len=16, device="cpu", dtype=torch.float32)

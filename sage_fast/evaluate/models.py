@@ -49,12 +49,13 @@ def build(model: str, size: str, *, seq_len: int, device, dtype, seed: int = 0):
 
     Parameters are created on ``device`` directly (an 8B model is initialised on the GPU in seconds).
     """
+    model_config = config(model, size, seq_len)  # first: it refuses an unknown model/size by name
     transformers = require("transformers")
     auto = transformers.AutoModelForCausalLM if KINDS[model] == "decoder" else transformers.AutoModelForMaskedLM
     with torch.random.fork_rng(devices=[torch.device(device)] if torch.device(device).type == "cuda" else []):
         torch.manual_seed(seed)
         with torch.device(device):
-            net = auto.from_config(config(model, size, seq_len), dtype=dtype, attn_implementation="sdpa")
+            net = auto.from_config(model_config, dtype=dtype, attn_implementation="sdpa")
     return net.eval()
 
 

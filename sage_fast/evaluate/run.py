@@ -59,23 +59,32 @@ def parse_args(argv):
     )
     parser.add_argument("--implementation", default="auto", help="passed to sageattn (auto: triton on cuda)")
     parser.add_argument("--calibrate", type=float, metavar="THRESHOLD", help="calibrate a per-layer plan first")
-    parser.add_argument("--calibration-len", type=int, help="tokens of the calibration sample (default: "
-                        "--seq-len: calibration times the variants, and which is fastest depends on the length)")  # fmt: skip
+    parser.add_argument("--calibration-len", type=int, help="tokens of the calibration sample, at most "
+                        "--seq-len (the default: calibration times the variants, and which is fastest depends on the "
+                        "length)")  # fmt: skip
     parser.add_argument("--plan", type=Path, help="a saved AttentionPlan (JSON) to run instead of --variant")
     parser.add_argument("--new-tokens", type=int, default=8, help="greedy decode steps compared (decoders; 0: off)")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("."))
     args = parser.parse_args(argv)
+    if args.calibration_len is not None and args.calibrate is None:
+        parser.error("--calibration-len is used only with --calibrate")
     if args.calibration_len is None:
         args.calibration_len = args.seq_len
     for name in ("seq_len", "batch", "reps", "calibration_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.calibration_len > args.seq_len:
+        parser.error(f"--calibration-len must be <= --seq-len ({args.seq_len}), got {args.calibration_len}")
     if args.new_tokens < 0:
         parser.error("--new-tokens must be >= 0")
     if args.plan is not None and args.calibrate is not None:
         parser.error("--plan and --calibrate exclude each other")
+    if args.variant != "auto" and (args.plan is not None or args.calibrate is not None):
+        parser.error(
+            f"--variant {args.variant} or a plan (--plan, --calibrate), not both: a plan sets every layer's variant"
+        )
     args.dtype = (
         DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
     )
@@ -88,8 +97,8 @@ def sage_plan(args, model):
         return AttentionPlan.load(args.plan)
     if args.calibrate is None:
         return None
-    sample = models.random_tokens(model.config.vocab_size, args.batch, min(args.calibration_len, args.seq_len),
-                                  seed=args.seed + 1, device=args.device)  # fmt: skip
+    sample = models.random_tokens(model.config.vocab_size, args.batch, args.calibration_len, seed=args.seed + 1,
+                                  device=args.device)  # fmt: skip
     calls = sage_hf.capture(model, lambda m: m(input_ids=sample))
     plan = calibrate(calls, threshold=args.calibrate, implementation=args.implementation)
     plan.save(args.out / f"plan-{args.model}-{args.config}.json")
