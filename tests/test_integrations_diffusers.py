@@ -131,6 +131,8 @@ def test_refusals():
         sage_diffusers.apply(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="variant"):
         sage_diffusers.apply(unet(), variant="int8")
+    with pytest.raises(TypeError, match="strict"):
+        sage_diffusers.apply(unet(), strict=1)
     with pytest.raises(ValueError, match="not both"):
         sage_diffusers.apply(unet(), variant="fp8", plan=AttentionPlan(layers={}, default="fp16", threshold=0.9))
     with pytest.raises(TypeError, match="has weights"):

@@ -26,6 +26,8 @@ import inspect
 
 import torch
 
+from sage_ref.checks import check_flag
+
 from .calibration import AttentionCall
 from .counts import CallCounts
 from .plan import AttentionPlan
@@ -117,6 +119,7 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
         Raise instead of falling back to torch for a call sage cannot take.
     """
     check_options(variant, implementation)
+    check_flag("strict", strict)  # here, not only in SageSDPA: its modes are made at the first call
     if plan is not None and not isinstance(plan, AttentionPlan):
         raise TypeError(f"plan must be an AttentionPlan or None, got {type(plan).__name__}")
     if plan is not None and variant != "auto":
