@@ -15,15 +15,15 @@ import argparse
 import json
 from pathlib import Path
 
-SHARED = ("card", "torch", "transformers", "date", "batch", "seq_len", "dtype")
+ENVIRONMENT, RUN = ("card", "torch", "transformers", "date"), ("batch", "seq_len", "dtype")
+SHARED = ENVIRONMENT + RUN  # report["environment"][k] for the first, report[k] for the second
 
 
 def shared(reports: list) -> dict:
     """What every report has in common (``SHARED``); ValueError naming the first field that differs."""
     if not reports:
         raise ValueError("reports must name at least one evaluation report")
-    values = [{**{k: r["environment"][k] for k in ("card", "torch", "transformers", "date")},
-               **{k: r[k] for k in ("batch", "seq_len", "dtype")}} for r in reports]  # fmt: skip
+    values = [{**{k: r["environment"][k] for k in ENVIRONMENT}, **{k: r[k] for k in RUN}} for r in reports]
     for field in SHARED:
         found = sorted({str(v[field]) for v in values})
         if len(found) > 1:

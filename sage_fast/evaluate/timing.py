@@ -41,8 +41,9 @@ class Clock:
 class TimedAttention:
     """A transformers attention function that records the time of each call of ``function``.
 
-    Registered under its own name (with the "sdpa" masks), so the same model runs it; it passes every
-    argument through unchanged and returns what ``function`` returns.
+    Registered under its own name (with the mask builder of the function it wraps: ``sdpa_mask`` for
+    "sdpa", ``sdpa_key_mask`` for sage), so the same model runs it; it passes every argument through
+    unchanged and returns what ``function`` returns.
     """
 
     def __init__(self, function, clock: Clock):
