@@ -1,8 +1,9 @@
 """What every Numba rung shares: argument checks, moving torch tensors to kernel arrays, output buffers.
 
-Kernels see contiguous fp32 arrays [batch, heads, seq, head_dim] (fp16 and bf16 widen to fp32
-exactly), so the arithmetic is fp32 everywhere a rung does not say otherwise. On a CUDA tensor the
-kernel gets a zero-copy view through ``__cuda_array_interface__``; under Numba's simulator
+Kernels see contiguous arrays [batch, heads, seq, head_dim], fp32 unless a rung says otherwise (fp16 and
+bf16 widen to fp32 exactly; rungs 4-6 also take quantized codes, rungs 4-5 an fp16 V, rung 6 fp16 inputs as
+they are). On a CUDA tensor the kernel gets a zero-copy view through ``__cuda_array_interface__``
+(`as_kernel_array`, rungs 1-5) or the tensor's address (`kernel_pointer`, rung 6); under Numba's simulator
 (``NUMBA_ENABLE_CUDASIM=1``) a CPU tensor is handed over as the numpy array sharing its memory, so
 what the kernel writes lands in the torch tensor either way.
 """
@@ -56,9 +57,9 @@ def as_kernel_array(t: torch.Tensor):
 def kernel_pointer(t: torch.Tensor):
     """A contiguous tensor as a pointer argument (the kernel's signature says ``CPointer(dtype)``): its address.
 
-    Cheaper per call than `as_kernel_array`, whose array view Numba builds anew on every call (with a
-    host sync) and then types, checks and flattens into 13 launch parameters. In the simulator: the flat numpy
-    view, which a kernel indexes the same way.
+    Cheaper per call than `as_kernel_array`, whose array view Numba builds anew on every call (by default
+    with a host sync) and then types, checks and flattens into 13 launch parameters. In the simulator: the
+    flat numpy view, which a kernel indexes the same way.
     """
     if simulated():
         return t.detach().view(-1).numpy()

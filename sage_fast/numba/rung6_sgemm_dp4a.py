@@ -27,9 +27,10 @@ What changed from rung 5 (same SageAttention arithmetic: INT8 Q·Kᵀ, fp16 P·V
   block (rung 5 takes up to 128).
 
 What it bought (NVIDIA H200, 2026-11-26, whole call, head_dim 64, B = 1, H = 8): 26.8 TOPS at N = 4096 and 31.7 at
-8192, 5.3× and 5.2× rung 5; the attention kernel alone 31.8 TOPS at 4096. The host's part of a call fell from
-about 0.42 ms (Numba array views) to 0.16 ms (pointers). What dp4a alone buys is not measured (the SASS says Q·Kᵀ
-without it takes 8× the instructions). Experiments and profile: docs/benchmarks-numba.md.
+8192, 5.3× and 5.2× rung 5; the attention kernel alone 31.8 TOPS at 4096. The host time before the kernel can
+start fell from about 0.42 ms (Numba array views) to 0.16 ms (pointers), per call from 0.64-0.76 ms to 0.23 ms.
+What dp4a alone buys is not measured (the SASS says Q·Kᵀ without it takes 8× the instructions). Experiments and
+profile: docs/benchmarks-numba.md.
 
 Numerics: ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64, block_n=64)``, rounding at
 the same points (the codes are sage_ref's quantizer's, computed the same way).
