@@ -1,4 +1,4 @@
-"""The SageAttention kernel of rungs 2-4: INT8 Q·Kᵀ, online softmax in base 2, FP16 or FP8 P·V.
+"""The SageAttention kernel of rungs 2-5: INT8 Q·Kᵀ, online softmax in base 2, FP16 or FP8 P·V.
 
 Per program: a tile of BLOCK_M query rows of one (batch, head); per key tile of BLOCK_N keys
 
@@ -198,7 +198,8 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal
     """Run ``sage_attn_kernel`` on quantized inputs.
 
     q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)],
-    k_scale [B,Hkv,ceil(Nkv/block_n)]; v: the original V [B,Hkv,Nkv,D] (fp16 P·V) or, with
+    k_scale [B,Hkv,ceil(Nkv/block_n)]; v: V [B,Hkv,Nkv,D], any strides (fp16 P·V: the kernel rounds a bf16
+    or fp32 V to fp16 per tile, rung 3 passes it already rounded) or, with
     ``v_scale`` [B,Hkv,Dp], V̂ᵀ [B,Hkv,Dp,Npad] in e4m3 (fp8 P·V). ``out_like`` gives the
     output's shape/dtype/device. ``attn_mask``: bool (True = attend) or natural-log additive
     bias, broadcastable to [B,H,Nq,Nkv], any strides. ``tma`` (fp8 P·V only): K̂ and V̂ᵀ reach the

@@ -1,13 +1,13 @@
-"""Fused smoothing + quantization kernels (rungs 3 and 4): one launch per tensor, no host-side passes.
+"""Fused smoothing + quantization kernels (rungs 3-5): one launch for Q, at most two for K and V.
 
 Q: one program per (tile of BLOCK_M rows, batch·head) reads the tile once and writes
     Q̂ = round(Q' · 127 / max|Q'|),  q_scale = max|Q'| / 127,  Q' = Q · sm_scale · log2 e,
     and, for the log-sum-exp, shift = sm_scale · Q · k_mean (the logit shift smoothing removed).
-K: one program per (batch, kv head) sums K over tokens (k_mean), then walks the tiles of
-    BLOCK_N keys again writing K̂ = round((K - k_mean) / k_scale) per tile.
-V (fp8 P·V): one program per (batch, kv head) finds max_n |V| per channel, then writes
-    e4m3(V / v_scale) transposed to [D, N] (keys contiguous, what an 8-bit wgmma needs
-    for its B operand), zero-padded to whole BLOCK_N tiles.
+K and V, first the statistics: one program per (chunk of STATS_CHUNK tokens, batch·kv head) writes
+    Σ_n K (fp64, for k_mean) or, for fp8 P·V, max_n |V| per channel; then the quantization: one
+    program per (tile of BLOCK_N keys, batch·kv head) combines the chunks in a fixed order and writes
+    K̂ = round((K - k_mean) / k_scale) per tile, or e4m3(V / v_scale) transposed to [D, N] (keys
+    contiguous, what an 8-bit wgmma needs for its B operand), zero-padded to whole BLOCK_N tiles.
 Rounding is round-half-away-from-zero via trunc(x ± 0.5); each tile or channel divides once
 (IEEE ``div_rn``) and multiplies its elements by 127 / max|x| (448 / max|v|), exactly as
 ``sage_ref.quantization`` computes it.
@@ -111,7 +111,7 @@ def sum_chunks(KSum, bh, n_chunks, HEAD_DIM: tl.constexpr):
     """Σ of a (batch, kv head)'s fp64 chunk sums [n_chunks, HEAD_DIM]."""
     offs_d = tl.arange(0, HEAD_DIM)
     total = tl.zeros([HEAD_DIM], tl.float64)
-    for c in range(0, n_chunks):
+    for c in range(n_chunks):
         total += tl.load(KSum + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
     return total
 
@@ -122,7 +122,7 @@ def max_chunks(VAmax, bh, n_chunks, HEAD_DIM: tl.constexpr):
     offs_d = tl.arange(0, HEAD_DIM)
     amax = tl.zeros([HEAD_DIM], tl.float32)
     poison = tl.zeros([HEAD_DIM], tl.float32)
-    for c in range(0, n_chunks):
+    for c in range(n_chunks):
         x = tl.load(VAmax + (bh.to(tl.int64) * n_chunks + c) * HEAD_DIM + offs_d)
         amax = tl.maximum(amax, x)
         poison += x * 0.0

@@ -1,4 +1,4 @@
-"""Rung 3: smoothing and quantization fused into one kernel launch per tensor.
+"""Rung 3: smoothing and quantization fused into Triton kernels (one launch for Q, at most two for K and V).
 
 What changed from rung 2: instead of PyTorch's separate passes (mean, subtract, abs-max,
 divide, round, cast, pad), ``sage_fast.triton.quant`` reads Q once and K twice (once
@@ -24,7 +24,7 @@ BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
 def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8, tiles, attn_mask=None):
-    """The fused pipeline shared by rungs 3 and 4: quantize K (and V), then Q, then attend.
+    """The fused pipeline shared by rungs 3-5: quantize K (and V), then Q, then attend.
 
     tiles: the kernel's ``Tiles`` (``sage_fast.triton.launch``), whose blocks are also the
     quantization blocks. attn_mask: None, or bool (True = attend) / natural-log additive bias

@@ -20,8 +20,8 @@ from .rung3_fused_quant import quantized_forward
 
 # Tile = quantization block. With 8-bit V a 128-key tile feeds the fp8 wgmma its full K; 64x128 with
 # 4 warps was the fastest fp8-P·V shape in the H200 sweep (docs/notes.md: 654 TOPS kernel-only at
-# hd128, N=8k, against 506 for rung 3's 128x64 with 8 warps). At head_dim <= 64, 128 registers per
-# thread (the compiler takes 167-214) fit four programs per SM instead of two or three: 525 TOPS
+# hd128, N=8k, against 506 for the first run's 128x64 with 8 warps). At head_dim <= 64, 128 registers
+# per thread (the compiler takes 167-214) fit four programs per SM instead of two or three: 525 TOPS
 # kernel-only against 452 (H200, hd64, N=8k); at hd128 no cap helped (each spills or loses).
 TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=3, register_caps=((32, 128), (64, 128)))
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
