@@ -34,6 +34,17 @@ def quantize_tile(x, row_ok):
 
 
 @triton.jit
+def load_rows(X, b, h, rows, row_ok, s_b, s_h, s_n, s_d, head_dim, HEAD_DIM: tl.constexpr):
+    """Rows ``rows`` of head (b, h) of a [B, H, N, D] tensor with strides (s_b, s_h, s_n, s_d), as fp32
+    [len(rows), HEAD_DIM]: rows outside ``row_ok`` and channels from head_dim on read 0."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    return tl.load(
+        X + b * s_b + h * s_h + rows[:, None] * s_n + offs_d[None, :] * s_d,
+        mask=row_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0,
+    ).to(tl.float32)
+
+
+@triton.jit
 def quantize_q_kernel(
     Q, QInt8, QScale, KMean, Shift,
     sq_b, sq_h, sq_n, sq_d,
@@ -47,10 +58,7 @@ def quantize_q_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m < q_len
-    q = tl.load(
-        Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_n + offs_d[None, :] * sq_d,
-        mask=row_ok[:, None] & (offs_d[None, :] < head_dim), other=0.0,
-    ).to(tl.float32)
+    q = load_rows(Q, b, h, offs_m, row_ok, sq_b, sq_h, sq_n, sq_d, head_dim, HEAD_DIM)
     codes, scale = quantize_tile(q * qk_scale, row_ok)
     bh64 = bh.to(tl.int64)
     tl.store(QInt8 + (bh64 * q_len + offs_m[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
@@ -76,7 +84,6 @@ def kv_stats_kernel(
     h = (bh % kv_heads).to(tl.int64)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    d_ok = offs_d < head_dim
     out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
     # Each thread accumulates its own elements over the chunk; the tile is reduced over tokens once
     # at the end (a reduction per loaded tile would put a cross-warp exchange and a barrier in the loop).
@@ -86,10 +93,7 @@ def kv_stats_kernel(
             total = tl.zeros([BLOCK_N, HEAD_DIM], tl.float64)
             for start in tl.range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N, num_stages=STAGES):
                 rows = start + offs_n
-                k = tl.load(
-                    K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
-                    mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
-                ).to(tl.float32)
+                k = load_rows(K, b, h, rows, rows < kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM)
                 total += k.to(tl.float64)
             tl.store(KSum + out, tl.sum(total, 0))
     else:
@@ -97,10 +101,7 @@ def kv_stats_kernel(
         poison = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
         for start in tl.range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N, num_stages=STAGES):
             rows = start + offs_n
-            v = tl.load(
-                V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
-                mask=(rows[:, None] < kv_len) & d_ok[None, :], other=0.0,
-            ).to(tl.float32)
+            v = load_rows(V, b, h, rows, rows < kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
             amax = tl.maximum(amax, tl.abs(v))
             poison += v * 0.0
         tl.store(VAmax + out, nan_poisoned(tl.max(amax, 0), tl.sum(poison, 0)))
@@ -146,13 +147,9 @@ def quantize_kv_kernel(
     bh64 = bh.to(tl.int64)
     rows = blk * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    d_ok = offs_d < head_dim
     row_ok = rows < kv_len
     if tl.program_id(2) == 0:
-        k = tl.load(
-            K + b * sk_b + h * sk_h + rows[:, None] * sk_n + offs_d[None, :] * sk_d,
-            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-        ).to(tl.float32)
+        k = load_rows(K, b, h, rows, row_ok, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM)
         k_mean = tl.zeros([HEAD_DIM], tl.float32)
         if SMOOTH_K:
             k_mean = (sum_chunks(KSum, bh, n_chunks, HEAD_DIM) / kv_len_float).to(tl.float32)
@@ -166,10 +163,7 @@ def quantize_kv_kernel(
         v_scale = tl.math.div_rn(v_amax, 448.0)
         if blk == 0:
             tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
-        v = tl.load(
-            V + b * sv_b + h * sv_h + rows[:, None] * sv_n + offs_d[None, :] * sv_d,
-            mask=row_ok[:, None] & d_ok[None, :], other=0.0,
-        ).to(tl.float32)
+        v = load_rows(V, b, h, rows, row_ok, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
         inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
         v_codes = tl.trans((v * inv[None, :]).to(tl.float8e4nv))
         # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
