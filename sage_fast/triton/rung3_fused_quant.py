@@ -51,12 +51,20 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
     )  # fmt: skip
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
+def forward_for(tiles, *, v_fp8):
+    """The ``forward`` of a rung that runs this pipeline with ``tiles`` (fp8 P·V when ``v_fp8``)."""
 
-    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
-    """
-    return quantized_forward(
-        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
-        return_lse=return_lse, v_fp8=False, tiles=TILES,
-    )  # fmt: skip
+    def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
+        """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
+
+        attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
+        """
+        return quantized_forward(
+            q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
+            return_lse=return_lse, v_fp8=v_fp8, tiles=tiles,
+        )  # fmt: skip
+
+    return forward
+
+
+forward = forward_for(TILES, v_fp8=False)

@@ -16,7 +16,7 @@ Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp8", block_m=64, 
 """
 
 from .launch import Tiles
-from .rung3_fused_quant import quantized_forward
+from .rung3_fused_quant import forward_for
 
 # Tile = quantization block. With 8-bit V a 128-key tile feeds the fp8 wgmma its full K; 64x128 with
 # 4 warps was the fastest fp8-P·V shape in the H200 sweep (docs/notes.md: 654 TOPS kernel-only at
@@ -27,12 +27,4 @@ TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=3, register_caps=
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
-
-    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
-    """
-    return quantized_forward(
-        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
-        return_lse=return_lse, v_fp8=True, tiles=TILES,
-    )  # fmt: skip
+forward = forward_for(TILES, v_fp8=True)

@@ -22,7 +22,7 @@ the same arithmetic as rung 4, so the same output bit for bit.
 from dataclasses import replace
 
 from . import rung4_fp8_pv
-from .rung3_fused_quant import quantized_forward
+from .rung3_fused_quant import forward_for
 
 # Two stages, not rung 4's three: 165 registers would allow three programs per SM, shared memory
 # only with two stages (3 x 75 KB); at hd64 (already capped at 128 registers) three stages were 1.5 %
@@ -35,12 +35,4 @@ TILES = replace(
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
-def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask=None, return_lse=False):
-    """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] fp16/bf16/fp32 (any strides) -> out (and lse [B,H,Nq]).
-
-    attn_mask: bool (True = attend) or natural-log additive bias, broadcastable to [B,H,Nq,Nkv].
-    """
-    return quantized_forward(
-        q, k, v, is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask,
-        return_lse=return_lse, v_fp8=True, tiles=TILES,
-    )  # fmt: skip
+forward = forward_for(TILES, v_fp8=True)
