@@ -73,8 +73,8 @@ def implementations(causal):
 
 
 def kernel_only(q, k, v, causal, v_fp8, tiles=None):
-    """The attention kernel of rungs 3/4 on inputs quantized beforehand (quantization excluded)."""
-    from sage_fast.triton import attn_int8, rung3_fused_quant, rung5_tma
+    """The attention kernel of rungs 3-6 on inputs quantized beforehand (quantization excluded)."""
+    from sage_fast.triton import attn_gluon, attn_int8, rung3_fused_quant, rung5_tma
     from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
     from sage_fast.triton.quant import quantize_kv, quantize_q
 
@@ -84,6 +84,12 @@ def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=v_fp8)
     q8, qs, _ = quantize_q(q, sm_scale=q.shape[-1] ** -0.5, block_m=block_m, head_dim_padded=dp)
     vv = kv["v_fp8_t"] if v_fp8 else v
+    if tiles.gluon:
+        return lambda: attn_gluon.launch(
+            q8, qs, kv["k_int8"], kv["k_scale"], vv, kv["v_scale"], out_like=q, head_dim=q.shape[-1], is_causal=causal,
+            block_m=block_m, block_n=block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,
+            maxnreg=tiles.maxnreg(dp),
+        )  # fmt: skip
     return lambda: attn_int8.launch(
         q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
         is_causal=causal, block_m=block_m, block_n=block_n, num_warps=tiles.num_warps, num_stages=tiles.num_stages,

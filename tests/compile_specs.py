@@ -96,13 +96,15 @@ def build(spec: dict):
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    from triton.experimental.gluon._runtime import GluonASTSource
 
-    src = ASTSource(spec["kernel"], spec["signature"], spec["constexprs"], spec["attrs"])
+    source = GluonASTSource if spec["kernel"].is_gluon() else ASTSource
+    src = source(spec["kernel"], spec["signature"], spec["constexprs"], spec["attrs"])
     return triton_compile(src, target=GPUTarget("cuda", spec["arch"], 32), options=spec["options"])
 
 
 def ptxas_usage(ptx: str, arch: int) -> dict:
-    """Registers and spill bytes from ``ptxas -v`` (the ptxas Triton itself uses)."""
+    """Registers, spill bytes and wgmma-serialization warnings from ``ptxas -v`` (the ptxas Triton itself uses)."""
     from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +115,9 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
         log = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
     regs = re.search(r"Used (\d+) registers", log)
     spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    return {"n_regs": int(regs.group(1)), "spill_stores": int(spills.group(1)), "spill_loads": int(spills.group(2))}
+    serialized = re.findall(r"^.*wgmma\.mma_async instructions are serialized.*$", log, re.M)
+    return {"n_regs": int(regs.group(1)), "spill_stores": int(spills.group(1)), "spill_loads": int(spills.group(2)),
+            "serialized": serialized}  # fmt: skip
 
 
 _SPECS: list[dict] = []  # filled before the fork; workers index into it
@@ -123,10 +127,19 @@ def build_one(job: tuple[int, str, bool]) -> dict:
     """Compile _SPECS[i], write its PTX and TTGIR as ``OUT_DIR/<stem>.*`` (runs in a worker process)."""
     i, out_dir, with_ptxas = job
     spec = _SPECS[i]
-    try:
-        compiled = build(spec)
-    except Exception as e:  # noqa: BLE001 - reported by the test; sm80 has no e4m3, for one
-        return {"error": f"{type(e).__name__}: {e}"}
+    with tempfile.TemporaryFile(mode="w+") as log:
+        # MLIR prints its diagnostics (the reason a build is refused) to fd 2, not into the exception.
+        saved = os.dup(2)
+        os.dup2(log.fileno(), 2)
+        try:
+            compiled = build(spec)
+        except Exception as e:  # noqa: BLE001 - reported by the test; sm80 has no e4m3, for one
+            os.dup2(saved, 2)
+            log.seek(0)
+            return {"error": f"{type(e).__name__}: {e}\n{log.read()[-2000:]}"}
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
     stem = f"{i}-sm{spec['arch']}-{spec['kernel'].__name__}"
     for ext in ("ptx", "ttgir"):
         with open(os.path.join(out_dir, f"{stem}.{ext}"), "w") as f:

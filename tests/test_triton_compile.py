@@ -92,6 +92,7 @@ PRODUCTS = {
     "3-fused-quant": (S8_S32, F16_F16, True),
     "4-fp8-pv": (S8_S32, E4M3_F32, True),
     "5-tma": (S8_S32, E4M3_F32, True),
+    "6-gluon": (S8_S32, E4M3_F32, True),
 }
 
 
@@ -226,18 +227,25 @@ def test_pv_accumulates_in_two_levels(builds, case, arch):
             )
 
 
+# Why each rung cannot build below its min_arch: sm80 has no e4m3 type; wgmma (Gluon's ``warpgroup_mma``,
+# which rung 6 calls directly) exists only on sm90, and on sm89 its fp8 form is refused outright.
+REFUSAL = {"6-gluon": "warp_group_dot"}
+
+
 @pytest.mark.parametrize("case", UNCLAIMED, ids=case_id)
 def test_refuses_arch_below_min_arch(builds, case):
     (arch,) = case["archs"]
     failures = [b for b in builds[case_id(case), arch] if b.error]
     assert failures, f"{case['rung']} builds for sm{arch}: lower its min_arch or find why it should not"
-    reasons = [b.error[-300:] for b in failures]
-    assert any("fp8e4nv" in reason for reason in reasons), f"refused, but not for lack of e4m3: {reasons}"
+    reasons = [b.error for b in failures]
+    expected = REFUSAL.get(case["rung"], "fp8e4nv")
+    tails = [r[-600:] for r in reasons]
+    assert any(expected in reason for reason in reasons), f"refused, but not for the expected {expected!r}: {tails}"
 
 
 # Rungs whose K̂/V̂ᵀ tiles come through tensor descriptors: on sm90 the key loop must copy them with
 # the TMA unit (cp.async.bulk.tensor), not with per-thread cp.async (what a lowering fallback emits).
-TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith("5")}
+TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith(("5", "6"))}
 
 
 @pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in TMA_RUNGS])
@@ -249,3 +257,21 @@ def test_tma_copies_key_and_value_tiles(builds, case, arch):
         assert bulk >= 4, f"{build}: {bulk} TMA tensor copies, expected K and V in both key loops"
     else:
         assert bulk == 0, f"{build}: sm{arch} has no TMA unit but the PTX copies with cp.async.bulk.tensor"
+
+
+# Rung 6's reason to exist: S_t and PV_{t-1} in flight together, the wait for S_t leaving one wgmma
+# group outstanding (PV_{t-1}, which runs during the softmax). ptxas undoes such overlap silently when
+# it cannot prove the registers safe ("wgmma.mma_async instructions are serialized", C7514): the PTX
+# must ask for it and ptxas must keep it.
+OVERLAP_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith("6")}
+
+
+@pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in OVERLAP_RUNGS])
+def test_softmax_overlaps_the_pv_wgmma(builds, case, arch):
+    from compile_specs import ptxas_usage
+
+    build = attention_build(builds, case, arch)
+    waits_one = re.search(r"\bwgmma\.wait_group\.sync\.aligned 1;", build.ptx)
+    assert waits_one, f"{build}: no wgmma wait leaves one group in flight"
+    usage = ptxas_usage(build.ptx, arch)
+    assert not usage["serialized"], f"{build}: ptxas serialized the wgmmas: {usage['serialized']}"

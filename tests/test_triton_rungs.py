@@ -70,7 +70,9 @@ def test_int8_qk_fp16_pv_rungs(rung, data):
 
 # fp8 P·V: per element, a P whose e4m3 rounding flips (exp2's last bit) can exceed the noise term
 # where the emulation happens to be right, so the bound holds on the maximum (attention_bounds.py).
-@pytest.mark.parametrize("rung", RUNGS[3:], ids=lambda r: r.name)
+# Gluon kernels (rung 6) have no interpreter: tests/test_triton_compile.py builds them for sm90 and the GPU
+# suite (tests/test_gpu_rungs.py) holds them to the same bound and to rung 5 bit for bit.
+@pytest.mark.parametrize("rung", [r for r in RUNGS[3:] if r.interpretable], ids=lambda r: r.name)
 @given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
 def test_fp8_pv_rungs(rung, data):
     check_rung(rung, *data, elementwise=False)

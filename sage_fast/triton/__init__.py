@@ -11,8 +11,11 @@ and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, 
 | 3 fused quantization | 547 | smoothing + quantization in Triton launches (``pv="fp16"``) |
 | 4 fp8 P·V | 670 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
 | 5 TMA | 694 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
+| 6 Gluon | 635 | softmax of tile j while P_{j-1}·V_{j-1} runs (Gluon, sm90): 254 registers, 2 programs per SM |
 
-Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 722 in the same run).
+Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 722 in the same run). Rung 6 was
+measured in a later run (docs/results/probes-rung6-h200-2026-11-26.json), where rung 5 read 710-715: it is
+slower, and ``sageattn`` keeps rung 5 (docs/notes.md says why and what comes next).
 """
 
 from dataclasses import dataclass
@@ -28,7 +31,7 @@ if knobs.runtime.interpret:
 
     interpreter_fixes.apply()
 
-from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5_tma  # noqa: E402
+from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5_tma, rung6_gluon  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,8 @@ class Rung:
 
     forward(q, k, v, *, is_causal, sm_scale, return_lse[, smooth_k]) runs it on HND tensors;
     reference(...) is the sage_ref emulation it is held to; min_arch is the lowest compute
-    capability (major·10 + minor) it runs on; smooths says whether it takes ``smooth_k``.
+    capability (major·10 + minor) it runs on; smooths says whether it takes ``smooth_k``;
+    interpretable says whether it runs under ``TRITON_INTERPRET=1`` (Gluon kernels do not).
     """
 
     name: str
@@ -45,6 +49,7 @@ class Rung:
     reference: Callable
     min_arch: int
     smooths: bool
+    interpretable: bool = True
 
 
 def _sage_ref(pv, module):
@@ -66,4 +71,5 @@ RUNGS = (
     Rung("3-fused-quant", rung3_fused_quant.forward, _sage_ref("fp16", rung3_fused_quant), 80, True),
     Rung("4-fp8-pv", rung4_fp8_pv.forward, _sage_ref("fp8", rung4_fp8_pv), 89, True),
     Rung("5-tma", rung5_tma.forward, _sage_ref("fp8", rung5_tma), 89, True),
+    Rung("6-gluon", rung6_gluon.forward, _sage_ref("fp8", rung6_gluon), 90, True, interpretable=False),
 )

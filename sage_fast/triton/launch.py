@@ -40,8 +40,9 @@ def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
 class Tiles:
     """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages;
     ``register_caps``, (HEAD_DIM tile, registers per thread) pairs that bound the registers the compiler
-    may use at that head size (absent: its own choice); and ``tma``: K and V tiles copied through tensor
-    descriptors (the Hopper TMA unit) instead of per-thread loads."""
+    may use at that head size (absent: its own choice); ``tma``: K and V tiles copied through tensor
+    descriptors (the Hopper TMA unit) instead of per-thread loads; and ``gluon``: the attention runs the
+    hand-scheduled Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention mask) instead of ``attn_int8``'s."""
 
     block_m: int
     block_n: int
@@ -49,6 +50,7 @@ class Tiles:
     num_stages: int
     register_caps: tuple[tuple[int, int], ...] = ()
     tma: bool = False
+    gluon: bool = False
 
     def maxnreg(self, head_dim_padded: int) -> Optional[int]:
         """The launch's ``maxnreg``: fewer registers per thread let more programs share an SM."""

@@ -15,7 +15,7 @@ Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64,
 
 import torch
 
-from . import attn_int8, rung2_int8_qk
+from . import attn_gluon, attn_int8, rung2_int8_qk
 from .launch import INT8_MIN_HEAD_DIM, head_dim_block
 from .quant import quantize_kv, quantize_q
 
@@ -24,7 +24,7 @@ BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
 def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_fp8, tiles, attn_mask=None):
-    """The fused pipeline shared by rungs 3-5: quantize K (and V), then Q, then attend.
+    """The fused pipeline shared by rungs 3-6: quantize K (and V), then Q, then attend.
 
     tiles: the kernel's ``Tiles`` (``sage_fast.triton.launch``), whose blocks are also the
     quantization blocks. attn_mask: None, or bool (True = attend) / natural-log additive bias
@@ -43,6 +43,15 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
         q, sm_scale=scale, block_m=tiles.block_m, head_dim_padded=head_dim_padded,
         k_mean=kv["k_mean"] if (smooth_k and return_lse) else None, kv_heads=k.shape[1],
     )  # fmt: skip
+    if tiles.gluon:
+        if attn_mask is not None or not v_fp8:
+            raise ValueError("the Gluon kernel takes fp8 P·V without attn_mask: use rung 5's tiles for those calls")
+        return attn_gluon.launch(
+            q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"], kv["v_scale"], out_like=q,
+            head_dim=head_dim, is_causal=is_causal, block_m=tiles.block_m, block_n=tiles.block_n,
+            num_warps=tiles.num_warps, num_stages=tiles.num_stages, maxnreg=tiles.maxnreg(head_dim_padded),
+            shift=shift, return_lse=return_lse,
+        )  # fmt: skip
     return attn_int8.launch(
         q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
         v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
