@@ -21,6 +21,7 @@ COLUMNS = (
     ("rung3-fused-quant", "rung 3"),
     ("rung4-fp8-pv", "rung 4"),
     ("rung5-tma", "rung 5"),
+    ("rung6-gluon", "rung 6"),
     ("sageattn-fp16", "sageattn fp16"),
     ("sageattn-fp8", "sageattn fp8"),
     ("kernel-only-fp16", "kernel fp16"),

@@ -38,6 +38,8 @@ def rungs():
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rung_index", range(6))
 def test_rung_matches_emulation(rung_index, dtype, shape):
+    if rung_index >= len(rungs()):
+        pytest.skip("this Triton has no Gluon, so no rung 6")
     rung = rungs()[rung_index]
     major, minor = torch.cuda.get_device_capability()
     if major * 10 + minor < rung.min_arch:
@@ -71,6 +73,8 @@ def test_rung_matches_emulation(rung_index, dtype, shape):
 def test_rung6_equals_rung5(shape):
     """Rung 6 reschedules rung 5's arithmetic (the softmax of tile j while P_{j-1}·V_{j-1} runs) without
     changing a rounding: outputs and log-sum-exps equal bit for bit, at every awkward shape."""
+    if len(rungs()) < 6:
+        pytest.skip("this Triton has no Gluon, so no rung 6")
     rung5, rung6 = rungs()[4], rungs()[5]
     major, minor = torch.cuda.get_device_capability()
     if major * 10 + minor < rung6.min_arch:

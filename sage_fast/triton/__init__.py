@@ -31,7 +31,13 @@ if knobs.runtime.interpret:
 
     interpreter_fixes.apply()
 
-from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5_tma, rung6_gluon  # noqa: E402
+from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5_tma  # noqa: E402
+
+# Rung 6 is written in Gluon: a Triton without ``triton.experimental.gluon``'s Hopper API runs rungs 1-5.
+try:
+    from . import attn_gluon, rung6_gluon  # noqa: F401 - attn_gluon: the import that fails without Gluon
+except ImportError:
+    rung6_gluon = None
 
 
 @dataclass(frozen=True)
@@ -71,5 +77,6 @@ RUNGS = (
     Rung("3-fused-quant", rung3_fused_quant.forward, _sage_ref("fp16", rung3_fused_quant), 80, True),
     Rung("4-fp8-pv", rung4_fp8_pv.forward, _sage_ref("fp8", rung4_fp8_pv), 89, True),
     Rung("5-tma", rung5_tma.forward, _sage_ref("fp8", rung5_tma), 89, True),
-    Rung("6-gluon", rung6_gluon.forward, _sage_ref("fp8", rung6_gluon), 90, True, interpretable=False),
 )
+if rung6_gluon is not None:
+    RUNGS += (Rung("6-gluon", rung6_gluon.forward, _sage_ref("fp8", rung6_gluon), 90, True, interpretable=False),)

@@ -15,7 +15,7 @@ Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp16", block_m=64,
 
 import torch
 
-from . import attn_gluon, attn_int8, rung2_int8_qk
+from . import attn_int8, rung2_int8_qk
 from .launch import INT8_MIN_HEAD_DIM, head_dim_block
 from .quant import quantize_kv, quantize_q
 
@@ -46,6 +46,8 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
     if tiles.gluon:
         if attn_mask is not None or not v_fp8:
             raise ValueError("the Gluon kernel takes fp8 P·V without attn_mask: use rung 5's tiles for those calls")
+        from . import attn_gluon  # only Tritons with Gluon's Hopper API have it (see __init__)
+
         return attn_gluon.launch(
             q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"], kv["v_scale"], out_like=q,
             head_dim=head_dim, is_causal=is_causal, block_m=tiles.block_m, block_n=tiles.block_n,
