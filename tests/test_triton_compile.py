@@ -259,10 +259,11 @@ def test_tma_copies_key_and_value_tiles(builds, case, arch):
         assert bulk == 0, f"{build}: sm{arch} has no TMA unit but the PTX copies with cp.async.bulk.tensor"
 
 
-# Rung 6's reason to exist: S_t and PV_{t-1} in flight together, the wait for S_t leaving one wgmma
-# group outstanding (PV_{t-1}, which runs during the softmax). ptxas undoes such overlap silently when
-# it cannot prove the registers safe ("wgmma.mma_async instructions are serialized", C7514): the PTX
-# must ask for it and ptxas must keep it.
+# Rung 6's reason to exist: FA3's schedule. Within a consumer warpgroup, S_t and PV_{t-1} are in flight
+# together and the wait for S_t leaves one wgmma group outstanding (PV_{t-1}, which runs during the
+# softmax); ptxas undoes such overlap silently when it cannot prove the registers safe ("wgmma.mma_async
+# instructions are serialized", C7514). Across warpgroups, the partitions exist and trade registers:
+# the producer gives some up (setmaxnreg.dec), the consumers take them (setmaxnreg.inc).
 OVERLAP_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith("6")}
 
 
@@ -275,3 +276,6 @@ def test_softmax_overlaps_the_pv_wgmma(builds, case, arch):
     assert waits_one, f"{build}: no wgmma wait leaves one group in flight"
     usage = ptxas_usage(build.ptx, arch)
     assert not usage["serialized"], f"{build}: ptxas serialized the wgmmas: {usage['serialized']}"
+    regs = {op: sorted(set(map(int, re.findall(rf"setmaxnreg\.{op}\.sync\.aligned\.u32\s+(\d+);", build.ptx))))
+            for op in ("inc", "dec")}  # fmt: skip
+    assert regs["inc"] and regs["dec"], f"{build}: no register hand-over between partitions (setmaxnreg): {regs}"

@@ -2,20 +2,20 @@
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal,
 and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H200,
-2026-11-26, docs/results/bench-h200-2026-11-26-rung6.json; SDPA-cuDNN 589 TOPS, sageattention 1.0.6 410):
+2026-11-26, docs/results/bench-h200-2026-11-26-rung6.json; SDPA-cuDNN 578 TOPS, sageattention 1.0.6 410):
 
 | rung | TOPS | what it adds |
 |---|---|---|
-| 1 flash fp16 | 420 | tiles, online softmax in base 2 (FlashAttention) |
-| 2 int8 Q·Kᵀ | 281 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
-| 3 fused quantization | 551 | smoothing + quantization in Triton launches (``pv="fp16"``) |
-| 4 fp8 P·V | 662 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
-| 5 TMA | 676 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
-| 6 Gluon | 624 | softmax of tile j while P_{j-1}·V_{j-1} runs (Gluon, sm90): 254 registers, 2 programs per SM |
+| 1 flash fp16 | 421 | tiles, online softmax in base 2 (FlashAttention) |
+| 2 int8 Q·Kᵀ | 277 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
+| 3 fused quantization | 543 | smoothing + quantization in Triton launches (``pv="fp16"``) |
+| 4 fp8 P·V | 636 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
+| 5 TMA | 687 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
+| 6 Gluon, FA3 layout | 686 | producer warp + two consumer warpgroups, softmax overlapping P·V (Gluon, sm90) |
 
-Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 703 in the same run). Rung 6 is
-slower than rung 5 at every shape measured, so ``sageattn`` keeps rung 5 (docs/notes.md says why and what
-comes next).
+Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 698 in the same run). Rung 6 ties
+rung 5 here and leads at N = 32k (764 against 755; causal 717 against 706) but trails at N ≤ 8k causal, at
+N = 1k and at head_dim 64, so ``sageattn`` keeps rung 5 (docs/notes.md says why and what comes next).
 """
 
 from dataclasses import dataclass

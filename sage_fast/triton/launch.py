@@ -42,7 +42,8 @@ class Tiles:
     ``register_caps``, (HEAD_DIM tile, registers per thread) pairs that bound the registers the compiler
     may use at that head size (absent: its own choice); ``tma``: K and V tiles copied through tensor
     descriptors (the Hopper TMA unit) instead of per-thread loads; and ``gluon``: the attention runs the
-    hand-scheduled Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention mask) instead of ``attn_int8``'s."""
+    warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention mask) instead of ``attn_int8``'s,
+    with two consumer warpgroups of ``num_warps`` = 4 warps and BLOCK_M rows each per program."""
 
     block_m: int
     block_n: int

@@ -1,24 +1,28 @@
-"""Rung 6: the fp8-P·V kernel in Gluon, with FA3's intra-warpgroup overlap of softmax and P·V (sm90).
+"""Rung 6: the fp8-P·V kernel in Gluon, laid out like FlashAttention-3 (sm90).
 
 What changed from rung 5: the attention kernel (``attn_gluon``) is written in Gluon, Triton's
-lower-level layer, where wgmmas are issued and waited for by hand. Each iteration issues the scores
-of key tile j and the P·V of tile j-1 as two asynchronous wgmmas, waits only for the scores, and runs
-the softmax of tile j while the tensor cores still multiply P_{j-1}·V_{j-1}; plain Triton 3.6 waits
-for every wgmma at once, so in rung 5 the softmax and the MMAs of one program never overlap (ncu:
-tensor pipe 43 % busy, MUFU 45 %, neither saturated; docs/notes.md). The K̂/V̂ᵀ stream (TMA, mbarriers,
-NUM_STAGES slots) is written out by hand as well. Quantization is rung 5's.
+lower-level layer, where warps, wgmmas and barriers are placed by hand. One program holds 128 query
+rows in two consumer warpgroups plus a producer warp: the producer streams K̂/V̂ᵀ tiles by TMA into
+shared slots both consumers read; each consumer issues the scores of key tile j and the P·V of tile
+j-1 as two asynchronous wgmmas and runs tile j's softmax while P_{j-1}·V_{j-1} is on the tensor cores;
+and the consumers take turns issuing, so one's softmax runs while the other's products do. Plain
+Triton 3.6 waits for every wgmma at once and cannot split a program into partitions, so in rung 5 the
+softmax and the MMAs of one program never overlap (ncu: tensor pipe 43 % busy, MUFU 45 %; notes.md).
+Quantization is rung 5's (Q̂'s blocks stay 64 rows: each consumer has its own q_scale).
 
-What it bought (H200, 2026-11-26; docs/notes.md): nothing yet: it is slower than rung 5. hd128 N=8k
-kernel alone 680 TOPS against rung 5's 761-775, whole call 635 against 710-715 (SDPA-cuDNN 578-583);
-causal 648-650 against 720-724, hd64 490 against 547-556. The overlap works: ncu counts 4.5 cycles
-between a warp's instructions against rung 5's 5.7. But S, the in-flight P·V block and acc need
-254 registers per thread (rung 5: 165), so 2 programs share an SM instead of 3, and 2 warps per
-scheduler issue less than 3 did (0.44 against 0.52 instructions per cycle). It is the base for the
-next step: FA3's warp-specialized layout (a producer warp with few registers, two consumer
-warpgroups that take turns on the tensor cores).
+What it bought (H200, 2026-11-26; docs/notes.md, docs/results/bench-h200-2026-11-26-rung6.json): a
+tie, not yet a gain. Whole call hd128: N=8k 686 TOPS against rung 5's 687 (SDPA-cuDNN 578), N=32k 764
+against 755, causal 32k 717 against 706; but causal 8k 578 against 620, N=1k 352 against 420, hd64
+8k 385 against 515. One program per SM (2 x 232 + 40 registers per thread, 115 KB of shared memory)
+has nobody to hide its start and end behind, which short sequences feel most; and at hd64 the
+consumers' 232 registers are mostly idle where rung 5 fits four programs per SM. The same schedule
+in one partition (two programs of one warpgroup per SM) read 680 kernel-only against rung 5's 775.
 
-Without an attention mask only, sm90 only (Gluon's wgmma), and no interpreter: on the CPU the tests
-build it for sm90 and check its PTX and ptxas' verdict; ``sageattn`` runs rung 5.
+Without an attention mask only, sm90 only (Gluon's wgmma and setmaxnreg), and no interpreter: on the
+CPU the tests build it for sm90 and check its PTX and ptxas' verdict; ``sageattn`` runs rung 5.
+
+Held to ``sage_ref.sage_attention(qk_granularity="block", pv="fp8", block_m=64, block_n=128)``: the
+same roundings as rung 5 in the same order, so on the GPU the same output bit for bit.
 """
 
 from dataclasses import replace
@@ -26,6 +30,8 @@ from dataclasses import replace
 from . import rung5_tma
 from .rung3_fused_quant import forward_for
 
+# block_m: one consumer warpgroup's rows and Q̂'s quantization block (a program covers two); two K̂/V̂ stages:
+# three read the same (752-756 against 757 TOPS kernel-only, hd128 N=8k) with 32 KB more shared memory.
 TILES = replace(rung5_tma.TILES, gluon=True, register_caps=())
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
