@@ -86,6 +86,7 @@ def test_noise_floor_attention_is_sdpa_in_a_wider_dtype():
                                          (["--model", "llama", "--plan", "p.json", "--variant", "fp8"], "--variant"),
                                          (["--model", "llama", "--calibrate", "0.9", "--variant", "fp16"], "--variant"),
                                          (["--model", "llama", "--calibration-len", "16"], "--calibration-len"),
+                                         (["--model", "llama", "--implementation", "cuda"], "--implementation"),
                                          (["--model", "llama", "--calibrate", "0.9", "--seq-len", "40",
                                            "--calibration-len", "41"], "--calibration-len")])  # fmt: skip
 def test_bad_arguments(argv, match, capsys, tmp_path, monkeypatch):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from ..api import IMPLEMENTATIONS
 from ..bench import environment
 from ..integrations import AttentionPlan, calibrate
 from ..integrations import transformers as sage_hf
@@ -57,7 +58,8 @@ def parse_args(argv):
         default="auto",
         help="sage's variant for every layer (auto: fp8 on sm89+ GPUs, else fp16)",
     )
-    parser.add_argument("--implementation", default="auto", help="passed to sageattn (auto: triton on cuda)")
+    parser.add_argument("--implementation", choices=IMPLEMENTATIONS, default="auto",
+                        help="passed to sageattn (auto: triton on cuda)")  # fmt: skip
     parser.add_argument("--calibrate", type=float, metavar="THRESHOLD", help="calibrate a per-layer plan first")
     parser.add_argument("--calibration-len", type=int, help="tokens of the calibration sample, at most "
                         "--seq-len (the default: calibration times the variants, and which is fastest depends on the "

@@ -22,8 +22,9 @@ but scheduled by hand, in three warp-specialized partitions of one program (128 
 The result is the same sequence of roundings as the Triton kernel's, one tile later. P̂_j waits for its
 wgmma in shared memory (two buffers per consumer), not in registers: a P̂ carried across iterations in
 registers is 64 separate 8-bit values per thread at the loop boundary, re-packed into 16 registers every
-tile, and carrying S_{j+1}'s in-flight accumulator instead makes ptxas serialize the wgmmas (C7514).
-Keys past kv_len in the last tile are another head's codes (or zeros), masked. Gluon has no
+tile, and carrying S_{j+1}'s in-flight accumulator instead makes ptxas serialize the wgmmas (C7514);
+packed into 32-bit words for the trip, they cost more instructions than the shared-memory barriers they
+save (docs/notes.md). Keys past kv_len in the last tile are another head's codes (or zeros), masked. Gluon has no
 interpreter: this kernel runs only on an sm90 GPU.
 """
 
