@@ -6,9 +6,10 @@ gives the output's shape, dtype and strides. So ``torch.compile(fullgraph=True)`
 without a graph break, and the Triton launches inside the op are opaque to it (and capturable by
 CUDA graphs: no host synchronisation, no data-dependent shapes).
 
-The op runs the fused pipeline of rung 3 (``pv="fp16"``) or rung 5 (``pv="fp8"``) of the Triton
-ladder, or, as ``implementation="reference"``, the sage_ref emulation those rungs are tested
-against (same quantization blocks, same rounding points), which works on any device.
+The op runs the fused pipeline of rung 3 (``pv="fp16"``; rung 7, its Gluon twin, on sm90 at head_dim
+65-128 without a mask) or rung 5 (``pv="fp8"``) of the Triton ladder, or, as
+``implementation="reference"``, the sage_ref emulation those rungs are tested against (same quantization
+blocks, same rounding points), which works on any device.
 """
 
 from __future__ import annotations
@@ -30,6 +31,19 @@ IMPLEMENTATIONS = ("auto", "triton", "numba", "reference")
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 FP8_MIN_CAPABILITY = (8, 9)  # fp8 e4m3 tensor cores: Ada (sm89) and Hopper (sm90)
 PV_RUNGS = {"fp16": rung3_fused_quant, "fp8": rung5_tma}  # each module's BLOCK_M/N are its quantization blocks
+
+
+def triton_rung(pv, q, attn_mask):
+    """The Triton-ladder module that runs a call: ``PV_RUNGS[pv]``, except fp16 P·V without a mask at head_dim
+    65-128 on an sm90 GPU, where rung 7 (the same arithmetic, bit for bit, in Gluon with FlashAttention-3's
+    schedule) is faster: whole call 613 TOPS against rung 3's 539 at head_dim 128, N = 8k, 375 against 359 at
+    N = 1k (H100, docs/results/bench-h100-2026-11-26-rung7.json); at head_dim 64 it is slower (360 against 444)."""
+    from .triton import rung7_gluon_fp16  # None where Triton has no Gluon
+
+    if (pv == "fp16" and attn_mask is None and rung7_gluon_fp16 is not None and q.is_cuda
+            and 64 < q.shape[-1] <= 128 and torch.cuda.get_device_capability(q.device)[0] == 9):  # fmt: skip
+        return rung7_gluon_fp16
+    return PV_RUNGS[pv]
 
 
 def reference_forward(q, k, v, *, is_causal, sm_scale, smooth_k, pv, attn_mask, return_lse):
@@ -56,12 +70,13 @@ def sageattn_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Validated HND views in, (out like ``torch.empty_like(q)``, lse [B,H,Nq] fp32 or an empty [0]) out.
 
-    backend "triton" runs rung 3 (pv "fp16") or rung 5 (pv "fp8"); "numba" the fastest Numba rung
-    (``sage_fast.numba.forward``, fp16 P·V, no masks); "reference" the Triton rungs' sage_ref emulation.
+    backend "triton" runs rung 3 or 7 (pv "fp16", see ``triton_rung``) or rung 5 (pv "fp8"); "numba" the
+    fastest Numba rung (``sage_fast.numba.forward``, fp16 P·V, no masks); "reference" the Triton rungs'
+    sage_ref emulation.
     """
     kwargs = dict(is_causal=is_causal, sm_scale=sm_scale, smooth_k=smooth_k, attn_mask=attn_mask, return_lse=return_lse)
     if backend == "triton":
-        result = PV_RUNGS[pv].forward(q, k, v, **kwargs)
+        result = triton_rung(pv, q, attn_mask).forward(q, k, v, **kwargs)
     elif backend == "numba":
         from . import numba as numba_ladder  # imported on first use: numba's import is slow
 

@@ -22,6 +22,7 @@ COLUMNS = (
     ("rung4-fp8-pv", "rung 4"),
     ("rung5-tma", "rung 5"),
     ("rung6-gluon", "rung 6"),
+    ("rung7-gluon-fp16", "rung 7"),
     ("sageattn-fp16", "sageattn fp16"),
     ("sageattn-fp8", "sageattn fp8"),
     ("kernel-only-fp16", "kernel fp16"),

@@ -36,10 +36,10 @@ def rungs():
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("-causal" if s[6] else ""))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("rung_index", range(6))
+@pytest.mark.parametrize("rung_index", range(7))
 def test_rung_matches_emulation(rung_index, dtype, shape):
     if rung_index >= len(rungs()):
-        pytest.skip("this Triton has no Gluon, so no rung 6")
+        pytest.skip("this Triton has no Gluon, so no rungs 6 and 7")
     rung = rungs()[rung_index]
     major, minor = torch.cuda.get_device_capability()
     if major * 10 + minor < rung.min_arch:
@@ -47,6 +47,10 @@ def test_rung_matches_emulation(rung_index, dtype, shape):
     if rung.name.startswith("1") and dtype == torch.bfloat16:
         pytest.skip("rung 1 rounds P to the input dtype; its emulation is fp16")
     batch, heads, kv_heads, q_len, kv_len, head_dim, causal = shape
+    if rung.name.startswith("7") and head_dim > 128:
+        with pytest.raises(ValueError, match="head_dim"):
+            rung.forward(*(torch.zeros(1, 1, 8, head_dim, device="cuda", dtype=dtype) for _ in range(3)))
+        return
     gen = torch.Generator(device="cuda").manual_seed(sum(shape))
     q = torch.randn(batch, heads, q_len, head_dim, device="cuda", generator=gen).to(dtype)
     k = (torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen) + 3).to(dtype)
@@ -69,22 +73,48 @@ def test_rung_matches_emulation(rung_index, dtype, shape):
     assert lse_err <= lse_bound, f"{rung.name}: lse error {lse_err:.3e} > {lse_bound:.3e}"
 
 
+# (Gluon rung, the Triton rung whose arithmetic it reschedules)
+TWINS = [(5, 4), (6, 2)]
+
+
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:6])) + ("-causal" if s[6] else ""))
-def test_rung6_equals_rung5(shape):
-    """Rung 6 reschedules rung 5's arithmetic (the softmax of tile j while P_{j-1}·V_{j-1} runs) without
-    changing a rounding: outputs and log-sum-exps equal bit for bit, at every awkward shape."""
-    if len(rungs()) < 6:
-        pytest.skip("this Triton has no Gluon, so no rung 6")
-    rung5, rung6 = rungs()[4], rungs()[5]
+@pytest.mark.parametrize("twins", TWINS, ids=lambda t: f"rung{t[0] + 1}-vs-rung{t[1] + 1}")
+def test_gluon_rungs_equal_their_triton_twins(twins, shape):
+    """Rungs 6 and 7 reschedule rung 5's and rung 3's arithmetic (the softmax of tile j while P_{j-1}·V_{j-1}
+    runs, two warpgroups taking turns) without changing a rounding: outputs and log-sum-exps equal bit for bit,
+    at every awkward shape."""
+    if len(rungs()) <= twins[0]:
+        pytest.skip("this Triton has no Gluon, so no rungs 6 and 7")
+    gluon_rung, triton_rung = rungs()[twins[0]], rungs()[twins[1]]
     major, minor = torch.cuda.get_device_capability()
-    if major * 10 + minor < rung6.min_arch:
-        pytest.skip(f"{rung6.name} needs sm{rung6.min_arch}")
+    if major * 10 + minor < gluon_rung.min_arch:
+        pytest.skip(f"{gluon_rung.name} needs sm{gluon_rung.min_arch}")
     batch, heads, kv_heads, q_len, kv_len, head_dim, causal = shape
+    if gluon_rung.name.startswith("7") and head_dim > 128:
+        pytest.skip("rung 7 refuses head_dim > 128 (its tiles would not fit shared memory)")
     gen = torch.Generator(device="cuda").manual_seed(sum(shape) + 1)
     q = torch.randn(batch, heads, q_len, head_dim, device="cuda", generator=gen).half()
     k = (torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen) - 2).half()
     v = torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", generator=gen).half()
-    out5, lse5 = rung5.forward(q, k, v, is_causal=causal, return_lse=True)
-    out6, lse6 = rung6.forward(q, k, v, is_causal=causal, return_lse=True)
-    assert torch.equal(out6, out5)
-    torch.testing.assert_close(lse6, lse5, rtol=0, atol=0, equal_nan=True)
+    out_t, lse_t = triton_rung.forward(q, k, v, is_causal=causal, return_lse=True)
+    out_g, lse_g = gluon_rung.forward(q, k, v, is_causal=causal, return_lse=True)
+    assert torch.equal(out_g, out_t)
+    torch.testing.assert_close(lse_g, lse_t, rtol=0, atol=0, equal_nan=True)
+
+
+def test_rung7_reads_a_strided_v_and_its_neighbours_stay_out():
+    """Rung 7 reads V in place through a 3-d descriptor: an NHD view works, and an inf in the next head's V
+    does not reach this head's last tile (TMA zero-fills keys past N instead of reading on)."""
+    if len(rungs()) <= 6 or torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("rung 7 needs Gluon and sm90")
+    rung3, rung7 = rungs()[2], rungs()[6]
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(1, 77, 2, 64, device="cuda", generator=gen).half().transpose(1, 2)  # NHD views
+    k = torch.randn(1, 77, 2, 64, device="cuda", generator=gen).half().transpose(1, 2)
+    v = torch.randn(1, 77, 2, 64, device="cuda", generator=gen).half().transpose(1, 2)
+    assert torch.equal(rung7.forward(q, k, v), rung3.forward(q, k, v))
+    v = torch.randn(1, 2, 77, 64, device="cuda", generator=gen).half()
+    v[:, 1] = float("inf")
+    out = rung7.forward(q.contiguous(), k.contiguous(), v)
+    expected = rung3.forward(q.contiguous(), k.contiguous(), v)
+    assert torch.isfinite(out[:, 0]).all() and torch.equal(out[:, 0], expected[:, 0])

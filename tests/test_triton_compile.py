@@ -93,6 +93,7 @@ PRODUCTS = {
     "4-fp8-pv": (S8_S32, E4M3_F32, True),
     "5-tma": (S8_S32, E4M3_F32, True),
     "6-gluon": (S8_S32, E4M3_F32, True),
+    "7-gluon-fp16": (S8_S32, F16_F16, True),
 }
 
 
@@ -229,7 +230,7 @@ def test_pv_accumulates_in_two_levels(builds, case, arch):
 
 # Why each rung cannot build below its min_arch: sm80 has no e4m3 type; wgmma (Gluon's ``warpgroup_mma``,
 # which rung 6 calls directly) exists only on sm90, and on sm89 its fp8 form is refused outright.
-REFUSAL = {"6-gluon": "warp_group_dot"}
+REFUSAL = {"6-gluon": "warp_group_dot", "7-gluon-fp16": "warp_group_dot"}
 
 
 @pytest.mark.parametrize("case", UNCLAIMED, ids=case_id)
@@ -245,7 +246,7 @@ def test_refuses_arch_below_min_arch(builds, case):
 
 # Rungs whose K̂/V̂ᵀ tiles come through tensor descriptors: on sm90 the key loop must copy them with
 # the TMA unit (cp.async.bulk.tensor), not with per-thread cp.async (what a lowering fallback emits).
-TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith(("5", "6"))}
+TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith(("5", "6", "7"))}
 
 
 @pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in TMA_RUNGS])
@@ -264,7 +265,7 @@ def test_tma_copies_key_and_value_tiles(builds, case, arch):
 # softmax); ptxas undoes such overlap silently when it cannot prove the registers safe ("wgmma.mma_async
 # instructions are serialized", C7514). Across warpgroups, the partitions exist and trade registers:
 # the producer gives some up (setmaxnreg.dec), the consumers take them (setmaxnreg.inc).
-OVERLAP_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith("6")}
+OVERLAP_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith(("6", "7"))}
 
 
 @pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in OVERLAP_RUNGS])

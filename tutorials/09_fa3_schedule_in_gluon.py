@@ -54,7 +54,7 @@ RESULTS = ROOT / "docs" / "results"
 # wgmma group is still in flight, and `ready`, `empty` and `turn` are mbarriers in shared memory.
 
 # %%
-rung6 = sage_fast.triton.RUNGS[-1]
+rung6 = next(rung for rung in sage_fast.triton.RUNGS if rung.name == "6-gluon")
 print(rung6.name, "- held to", rung6.reference.keywords)
 attn_gluon = sys.modules["sage_fast.triton.attn_gluon"]
 show(inspect.getsource(attn_gluon.step.fn))
@@ -199,5 +199,26 @@ for d, causal, n in ((128, False, 1024), (128, False, 8192), (128, False, 32768)
 # stores) behind, which costs most when a program has few tiles; at head_dim 64 the 232 registers per thread
 # sit mostly idle where rung 5 fits four programs per SM. A persistent grid that walks work items in a fixed
 # order did not fix it (causal items of unequal length then end unevenly; see the [Notes](../notes.md)). So
-# `sageattn` keeps rung 5, and rung 6 is where the next steps start: a persistent grid with a dynamic schedule,
-# P̂ kept in registers without re-packing, and a lighter layout for head_dim 64.
+# `sageattn(pv="fp8")` keeps rung 5.
+#
+# ## Where the schedule pays: fp16 P·V (rung 7)
+#
+# The fp16 product runs at half the fp8 rate, so on SageAttention v1's path the tensor cores take a larger share
+# of each tile, and hiding the softmax behind them is worth more. Rung 7 is the same kernel with `PV_FP8=False`
+# (P and V in fp16, an fp16 accumulator per tile, rung 3's arithmetic bit for bit); measured on an H100 in one run:
+
+# %%
+rows = json.loads((RESULTS / "bench-h100-2026-11-26-rung7.json").read_text())["rows"]
+print(f"  {'TOPS, whole call (H100)':34s}{'rung 3':>8}{'rung 7':>8}{'cuDNN':>8}")
+for d, causal, n in ((128, False, 1024), (128, False, 8192), (128, False, 32768), (128, True, 8192), (64, False, 8192)):
+    got = {r["name"]: r["tops"] for r in rows
+           if r["head_dim"] == d and r["causal"] == causal and r["n"] == n and "tops" in r}
+    label = f"head_dim {d}{' causal' if causal else ''}, N = {n}"
+    names = ("rung3-fused-quant", "rung7-gluon-fp16", "sdpa-cudnn")
+    print(f"  {label:34s}" + "".join(f"{got[name]:8.0f}" for name in names))
+
+# %% [markdown]
+# At head_dim 128 rung 7 wins at every length, so `sageattn(pv="fp16")` runs it on Hopper there (head_dim 65-128,
+# no mask); at head_dim 64 a program's fixed 232 registers per consumer thread leave the SM one program where
+# rung 3 runs several, and rung 3 stays. The next steps start from here: a persistent grid with a dynamic
+# schedule, P̂'s operand conversion done inside one iteration, and a lighter layout for head_dim 64.

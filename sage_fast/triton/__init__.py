@@ -1,21 +1,23 @@
 """The Triton ladder: from a fused fp16 FlashAttention kernel to SageAttention2's INT8/FP8 kernel.
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal,
-and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H200,
-2026-11-26, docs/results/bench-h200-2026-11-26-rung6.json; SDPA-cuDNN 578 TOPS, sageattention 1.0.6 410):
+and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H100 80GB HBM3,
+2026-11-26, docs/results/bench-h100-2026-11-26-rung7.json; SDPA-cuDNN 572 TOPS, sageattention 1.0.6 412):
 
 | rung | TOPS | what it adds |
 |---|---|---|
-| 1 flash fp16 | 421 | tiles, online softmax in base 2 (FlashAttention) |
-| 2 int8 Q·Kᵀ | 277 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
-| 3 fused quantization | 543 | smoothing + quantization in Triton launches (``pv="fp16"``) |
-| 4 fp8 P·V | 636 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
-| 5 TMA | 687 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
-| 6 Gluon, FA3 layout | 686 | producer warp + two consumer warpgroups, softmax overlapping P·V (Gluon, sm90) |
+| 1 flash fp16 | 425 | tiles, online softmax in base 2 (FlashAttention) |
+| 2 int8 Q·Kᵀ | 235 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
+| 3 fused quantization | 539 | smoothing + quantization in Triton launches (``pv="fp16"`` off sm90) |
+| 4 fp8 P·V | 605 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2) |
+| 5 TMA | 664 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
+| 6 Gluon, FA3 layout | 675 | producer warp + two consumer warpgroups, softmax overlapping P·V (Gluon, sm90) |
+| 7 Gluon, fp16 P·V | 613 | rung 6's schedule for rung 3's arithmetic (``pv="fp16"`` on sm90, head_dim 65-128) |
 
-Single numbers carry ±5 % (``sageattn(pv="fp8")``, which runs rung 5, read 698 in the same run). Rung 6 ties
-rung 5 here and leads at N = 32k (764 against 755; causal 717 against 706) but trails at N ≤ 8k causal, at
-N = 1k and at head_dim 64, so ``sageattn`` keeps rung 5 (docs/notes.md says why and what comes next).
+Single numbers carry ±5 % (``sageattn``, same run: fp8 708, fp16 624). Rung 6 leads rung 5 in this run at
+N = 8k and at causal 32k but trails at N ≤ 4k, causal 8k and head_dim 64 (H200: a tie at 8k), so ``sageattn``
+keeps rung 5 for fp8; rung 7 beats rung 3 at head_dim 128 from N = 1k on (+14 % at 8k, +26 % at 32k) and
+loses at head_dim 64, hence its place (docs/notes.md).
 """
 
 from dataclasses import dataclass
@@ -35,9 +37,9 @@ from . import rung1_flash, rung2_int8_qk, rung3_fused_quant, rung4_fp8_pv, rung5
 
 # Rung 6 is written in Gluon: a Triton without ``triton.experimental.gluon``'s Hopper API runs rungs 1-5.
 try:
-    from . import attn_gluon, rung6_gluon  # noqa: F401 - attn_gluon: the import that fails without Gluon
+    from . import attn_gluon, rung6_gluon, rung7_gluon_fp16  # noqa: F401 - attn_gluon: fails without Gluon
 except ImportError:
-    rung6_gluon = None
+    rung6_gluon = rung7_gluon_fp16 = None
 
 
 @dataclass(frozen=True)
@@ -79,4 +81,8 @@ RUNGS = (
     Rung("5-tma", rung5_tma.forward, _sage_ref("fp8", rung5_tma), 89, True),
 )
 if rung6_gluon is not None:
-    RUNGS += (Rung("6-gluon", rung6_gluon.forward, _sage_ref("fp8", rung6_gluon), 90, True, interpretable=False),)
+    RUNGS += (
+        Rung("6-gluon", rung6_gluon.forward, _sage_ref("fp8", rung6_gluon), 90, True, interpretable=False),
+        Rung("7-gluon-fp16", rung7_gluon_fp16.forward, _sage_ref("fp16", rung7_gluon_fp16), 90, True,
+             interpretable=False),
+    )  # fmt: skip

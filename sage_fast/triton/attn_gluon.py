@@ -20,9 +20,9 @@ but scheduled by hand, in three warp-specialized partitions of one program (128 
   warpgroup's softmax runs while the other's products do.
 
 The result is the same sequence of roundings as the Triton kernel's, one tile later. P̂_j waits for its
-wgmma in shared memory (two buffers per consumer), not in registers: a P̂ carried across iterations in
-registers is 64 separate 8-bit values per thread at the loop boundary, re-packed into 16 registers every
-tile, and carrying S_{j+1}'s in-flight accumulator instead makes ptxas serialize the wgmmas (C7514);
+wgmma in shared memory (one buffer per consumer: P̂_j is written after PV_{j-1} finished), not in
+registers: a P̂ carried across iterations in registers is 64 separate 8-bit values per thread at the loop
+boundary, re-packed into 16 registers every tile, and carrying S_{j+1}'s in-flight accumulator instead makes ptxas serialize the wgmmas (C7514);
 packed into 32-bit words for the trip, they cost more instructions than the shared-memory barriers they
 save (docs/notes.md). Keys past kv_len in the last tile are another head's codes (or zeros), masked. Gluon has no
 interpreter: this kernel runs only on an sm90 GPU.
@@ -62,7 +62,7 @@ def tile_counts(start_m, q_len, kv_len, BLOCK_M: gl.constexpr, BLOCK_N: gl.const
 
 @gluon.jit
 def producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty, q_row, k_row, v_row, n_tiles,
-             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr):  # fmt: skip
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, PV_FP8: gl.constexpr):  # fmt: skip
     """The copy partition: both consumers' Q̂ tiles, then K̂ / V̂ᵀ tile t into slot t % NUM_STAGES once both
     consumers released tile t - NUM_STAGES."""
     mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes)
@@ -74,7 +74,10 @@ def producer(q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty
         bar = ready.index(slot)
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [k_row + t * BLOCK_N, 0], bar, k_bufs.index(slot))
-        tma.async_copy_global_to_shared(v_desc, [v_row, t * BLOCK_N], bar, v_bufs.index(slot))
+        if PV_FP8:  # V̂ᵀ [B·Hkv·Dp, Npad]: rows v_row = kv head · Dp, keys along the columns
+            tma.async_copy_global_to_shared(v_desc, [v_row, t * BLOCK_N], bar, v_bufs.index(slot))
+        else:  # V [B·Hkv, N, D]: keys past N (and channels past D) arrive as zeros, never another head's values
+            tma.async_copy_global_to_shared(v_desc, [v_row, t * BLOCK_N, 0], bar, v_bufs.index(slot))
 
 
 @gluon.jit
@@ -86,18 +89,19 @@ def take_turn(turn, ME: gl.constexpr, phase):
 
 @gluon.jit
 def store_p(p_bufs, p, index):
-    """P̂ = e4m3(p) into P buffer ``index``, visible to the consumer's next wgmma (all its warps wrote)."""
-    p_bufs.index(index).store(p.to(gl.float8e4nv))
+    """P̂ = e4m3(p) (fp16(p)) into P buffer ``index``, visible to the consumer's next wgmma (all its warps wrote)."""
+    p_bufs.index(index).store(p.to(p_bufs.dtype))
     fence_async_shared()
     gl.thread_barrier()
 
 
 @gluon.jit
 def softmax(s_int, scale, m_i, l_i, t, offs_m, q_len, kv_len,
-            BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):  # fmt: skip
+            BLOCK_N: gl.constexpr, IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr, P_LOG2: gl.constexpr):  # fmt: skip
     """One online-softmax step on tile t's int32 scores: (p, alpha, m_new, l_new), as in
     ``common.softmax_step_int`` (unmasked: one FMA per score into exp2) and ``common.softmax_step``
-    (MASKED: scores outside ``visible`` are -inf; a row with no visible key keeps m = -inf)."""
+    (MASKED: scores outside ``visible`` are -inf; a row with no visible key keeps m = -inf); P_LOG2 = log2 448
+    puts an fp8 P straight into [0, 448], 0 leaves an fp16 P in [0, 1]."""
     s = s_int.to(gl.float32)
     if MASKED:
         keys = t * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_int.type.layout))
@@ -108,13 +112,27 @@ def softmax(s_int, scale, m_i, l_i, t, offs_m, q_len, kv_len,
         m_new = gl.maximum(m_i, gl.max(s, 1))
         m_safe = gl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = gl.exp2(m_i - m_safe)
-        p = gl.exp2(s - (m_safe - LOG2_448)[:, None])
+        p = gl.exp2(s - (m_safe - P_LOG2)[:, None])
     else:
         m_new = gl.maximum(m_i, gl.max(s, 1) * scale)
         alpha = gl.exp2(m_i - m_new)
-        p = gl.exp2(gl.fma(s, scale, -(m_new - LOG2_448)[:, None]))
+        p = gl.exp2(gl.fma(s, scale, -(m_new - P_LOG2)[:, None]))
     l_new = l_i * alpha + gl.sum(p, 1)
     return p, alpha, m_new, l_new
+
+
+@gluon.jit
+def block_pv(p_smem, v_bufs, slot, o_layout: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+             HEAD_DIM: gl.constexpr, PV_FP8: gl.constexpr):  # fmt: skip
+    """Issue P̂·V̂ of one key tile as an asynchronous wgmma from a zero accumulator: e4m3 × e4m3 into fp32
+    (V̂ᵀ's tile read transposed), or fp16 × fp16 into fp16 (SageAttention v1's accumulator inside a block)."""
+    if PV_FP8:
+        v = v_bufs.index(slot).permute((1, 0))
+        zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
+    else:
+        v = v_bufs.index(slot).reshape([BLOCK_N, HEAD_DIM])
+        zero = gl.zeros([BLOCK_M, HEAD_DIM], gl.float16, o_layout)
+    return warpgroup_mma(p_smem, v, zero, use_acc=False, is_async=True)
 
 
 @gluon.jit
@@ -122,7 +140,7 @@ def step(q_smem, k_bufs, v_bufs, p_bufs, ready, empty, turn, acc, alpha_prev, m_
          q_scale, KScaleRow, offs_m, q_len, kv_len,
          ME: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr,
          BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-         IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr):  # fmt: skip
+         IS_CAUSAL: gl.constexpr, MASKED: gl.constexpr, PV_FP8: gl.constexpr, P_LOG2: gl.constexpr):  # fmt: skip
     """Iteration t >= 1 of consumer ME: S_t and PV_{t-1} in flight together, the softmax of S_t while
     PV_{t-1} runs. Returns (acc, alpha_t, m_i, l_i, phase); acc then holds tiles < t at tile t-1's maximum."""
     slot = t % NUM_STAGES
@@ -131,16 +149,15 @@ def step(q_smem, k_bufs, v_bufs, p_bufs, ready, empty, turn, acc, alpha_prev, m_
     phase = take_turn(turn, ME, phase)
     s_tok = warpgroup_mma(q_smem, k_bufs.index(slot).permute((1, 0)),
                           gl.zeros([BLOCK_M, BLOCK_N], gl.int32, s_layout), use_acc=False, is_async=True)
-    pv_tok = warpgroup_mma(p_bufs.index(ME * 2 + (t - 1) % 2), v_bufs.index(prev).permute((1, 0)),
-                           gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout), use_acc=False, is_async=True)
+    pv_tok = block_pv(p_bufs.index(ME), v_bufs, prev, o_layout, BLOCK_M, BLOCK_N, HEAD_DIM, PV_FP8)
     mbarrier.arrive(turn.index(1 - ME), count=1)
     s_int = warpgroup_mma_wait(1, deps=(s_tok,))  # S_t done, PV_{t-1} may still run
     scale = q_scale * gl.load(KScaleRow + t)
-    p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, t, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, MASKED)
+    p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, t, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, MASKED, P_LOG2)
     pv = warpgroup_mma_wait(0, deps=(pv_tok,))
     mbarrier.arrive(empty.index(prev), count=1)  # this consumer is done with tile t-1
-    acc = gl.fma(acc, alpha_prev[:, None], pv)
-    store_p(p_bufs, p, ME * 2 + t % 2)
+    acc = gl.fma(acc, alpha_prev[:, None], pv.to(gl.float32))
+    store_p(p_bufs, p, ME)  # PV_{t-1}, the last reader of this buffer, is done
     return acc, gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), m_i, l_i, phase
 
 
@@ -149,13 +166,15 @@ def consumer(ME: gl.constexpr, q_bufs, k_bufs, v_bufs, p_bufs, q_bar, ready, emp
              QScale, KScale, VScale, Out, Lse, Shift, so_b, so_h, so_n, so_d,
              pid_m, bh, b, h, kv_bh, q_len, kv_len, head_dim, n_tiles, n_full, n_turns_other,
              BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-             IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, WITH_SHIFT: gl.constexpr):  # fmt: skip
+             IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, WITH_SHIFT: gl.constexpr,
+             PV_FP8: gl.constexpr):  # fmt: skip
     """Consumer warpgroup ME: rows (2 pid_m + ME) · BLOCK_M + [0, BLOCK_M) of head (b, h), written to Out (and Lse)."""
-    # Register layouts of the two wgmmas' results (int8: k = 32 per instruction; e4m3 alike).
+    # Register layouts of the two wgmmas' results (k per instruction: 32 for int8 and e4m3, 16 for fp16).
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 32])  # fmt: skip
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 32])  # fmt: skip
+                                                       instr_shape=[16, HEAD_DIM, 32 if PV_FP8 else 16])  # fmt: skip
+    P_LOG2: gl.constexpr = LOG2_448 if PV_FP8 else 0.0
     row_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     row_o: gl.constexpr = gl.SliceLayout(1, o_layout)
     q_smem = q_bufs.index(ME)
@@ -180,48 +199,51 @@ def consumer(ME: gl.constexpr, q_bufs, k_bufs, v_bufs, p_bufs, q_bar, ready, emp
         s_int = warpgroup_mma_wait(0, deps=(s_tok,))
         scale = q_scale * gl.load(KScaleRow)
         if n_full > 0:
-            p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, 0, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, False)
+            p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, 0, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, False,
+                                         P_LOG2)  # fmt: skip
         else:
-            p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, 0, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, True)
-        store_p(p_bufs, p, ME * 2)
+            p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, 0, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, True,
+                                         P_LOG2)  # fmt: skip
+        store_p(p_bufs, p, ME)
         alpha = gl.convert_layout(alpha, row_o)
         for t in range(1, n_full):
             acc, alpha, m_i, l_i, phase = step(
                 q_smem, k_bufs, v_bufs, p_bufs, ready, empty, turn, acc, alpha, m_i, l_i, t, phase,
                 q_scale, KScaleRow, offs_m, q_len, kv_len, ME, s_layout, o_layout,
-                BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, False,
+                BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, False, PV_FP8, P_LOG2,
             )  # fmt: skip
         for t in range(gl.maximum(n_full, 1), n_tiles):
             acc, alpha, m_i, l_i, phase = step(
                 q_smem, k_bufs, v_bufs, p_bufs, ready, empty, turn, acc, alpha, m_i, l_i, t, phase,
                 q_scale, KScaleRow, offs_m, q_len, kv_len, ME, s_layout, o_layout,
-                BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, True,
+                BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, True, PV_FP8, P_LOG2,
             )  # fmt: skip
         # The last tile's P·V, with nothing left to overlap.
         last = (n_tiles - 1) % NUM_STAGES
         phase = take_turn(turn, ME, phase)
-        pv_tok = warpgroup_mma(p_bufs.index(ME * 2 + (n_tiles - 1) % 2), v_bufs.index(last).permute((1, 0)),
-                               gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout), use_acc=False, is_async=True)
+        pv_tok = block_pv(p_bufs.index(ME), v_bufs, last, o_layout, BLOCK_M, BLOCK_N, HEAD_DIM,
+                          PV_FP8)  # fmt: skip
         mbarrier.arrive(turn.index(1 - ME), count=1)
         pv = warpgroup_mma_wait(0, deps=(pv_tok,))
         mbarrier.arrive(empty.index(last), count=1)
-        acc = gl.fma(acc, alpha[:, None], pv)
+        acc = gl.fma(acc, alpha[:, None], pv.to(gl.float32))
     # The turns the other consumer still waits for: causal rows 64 further down may see one more tile.
     for _ in range(gl.where(n_tiles > 0, n_tiles + 1, 0), n_turns_other):
         phase = take_turn(turn, ME, phase)
         mbarrier.arrive(turn.index(1 - ME), count=1)
 
-    # out = acc / l · v_scale (0 for a row that saw no key); lse = (m + log2 l - log2 448) · ln 2 (+ shift).
+    # out = acc / l (· v_scale for fp8; 0 for a row that saw no key); lse = (m + log2 l - P_LOG2) · ln 2 (+ shift).
     l_o = gl.convert_layout(l_i, row_o)
     l_safe = gl.where(l_o == 0.0, 1.0, l_o)
     offs_d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    v_scale = gl.load(VScale + kv_bh * HEAD_DIM + offs_d)
-    out = acc / l_safe[:, None] * v_scale[None, :]
+    out = acc / l_safe[:, None]
+    if PV_FP8:
+        out = out * gl.load(VScale + kv_bh * HEAD_DIM + offs_d)[None, :]
     offs_mo = start_m + gl.arange(0, BLOCK_M, layout=row_o)
     out_ptrs = Out + b.to(gl.int64) * so_b + h.to(gl.int64) * so_h + offs_mo[:, None] * so_n + offs_d[None, :] * so_d
     gl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=(offs_mo[:, None] < q_len) & (offs_d[None, :] < head_dim))
     if RETURN_LSE:
-        lse = gl.where(l_i == 0.0, float("-inf"), m_i + gl.log2(gl.where(l_i == 0.0, 1.0, l_i)) - LOG2_448) * LN2
+        lse = gl.where(l_i == 0.0, float("-inf"), m_i + gl.log2(gl.where(l_i == 0.0, 1.0, l_i)) - P_LOG2) * LN2
         m_ok = offs_m < q_len
         lse_offs = bh.to(gl.int64) * q_len + offs_m
         if WITH_SHIFT:
@@ -235,7 +257,7 @@ def sage_attn_gluon_kernel(
     so_b, so_h, so_n, so_d,
     heads, group, kv_heads, q_len, kv_len, head_dim,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-    IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, WITH_SHIFT: gl.constexpr,
+    IS_CAUSAL: gl.constexpr, RETURN_LSE: gl.constexpr, WITH_SHIFT: gl.constexpr, PV_FP8: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr,
 ):  # fmt: skip
     pid_m = gl.program_id(0)
@@ -252,9 +274,13 @@ def sage_attn_gluon_kernel(
 
     q_bufs = gl.allocate_shared_memory(gl.int8, [2, BLOCK_M, HEAD_DIM], q_desc.layout)
     k_bufs = gl.allocate_shared_memory(gl.int8, [NUM_STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
-    v_bufs = gl.allocate_shared_memory(gl.float8e4nv, [NUM_STAGES, HEAD_DIM, BLOCK_N], v_desc.layout)
-    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], gl.float8e4nv)
-    p_bufs = gl.allocate_shared_memory(gl.float8e4nv, [4, BLOCK_M, BLOCK_N], p_layout)  # 2 per consumer
+    if PV_FP8:
+        v_bufs = gl.allocate_shared_memory(gl.float8e4nv, [NUM_STAGES, HEAD_DIM, BLOCK_N], v_desc.layout)
+    else:
+        v_bufs = gl.allocate_shared_memory(gl.float16, [NUM_STAGES, 1, BLOCK_N, HEAD_DIM], v_desc.layout)
+    p_dtype: gl.constexpr = gl.float8e4nv if PV_FP8 else gl.float16
+    p_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_M, BLOCK_N], p_dtype)
+    p_bufs = gl.allocate_shared_memory(p_dtype, [2, BLOCK_M, BLOCK_N], p_layout)  # one per consumer
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -272,14 +298,14 @@ def sage_attn_gluon_kernel(
             (consumer, (0, q_bufs, k_bufs, v_bufs, p_bufs, q_bar, ready, empty, turn,
                         QScale, KScale, VScale, Out, Lse, Shift, so_b, so_h, so_n, so_d,
                         pid_m, bh, b, h, kv_bh, q_len, kv_len, head_dim, n_tiles0, n_full0, n_turns1,
-                        BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, RETURN_LSE, WITH_SHIFT)),
+                        BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, RETURN_LSE, WITH_SHIFT, PV_FP8)),
             (consumer, (1, q_bufs, k_bufs, v_bufs, p_bufs, q_bar, ready, empty, turn,
                         QScale, KScale, VScale, Out, Lse, Shift, so_b, so_h, so_n, so_d,
                         pid_m, bh, b, h, kv_bh, q_len, kv_len, head_dim, n_tiles1, n_full1, n_turns0,
-                        BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, RETURN_LSE, WITH_SHIFT)),
+                        BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, IS_CAUSAL, RETURN_LSE, WITH_SHIFT, PV_FP8)),
             (producer, (q_desc, k_desc, v_desc, q_bufs, k_bufs, v_bufs, q_bar, ready, empty,
-                        bh * q_len + start_m, kv_bh * kv_len, kv_bh * HEAD_DIM, gl.maximum(n_tiles0, n_tiles1),
-                        BLOCK_M, BLOCK_N, NUM_STAGES)),
+                        bh * q_len + start_m, kv_bh * kv_len, kv_bh * HEAD_DIM if PV_FP8 else kv_bh,
+                        gl.maximum(n_tiles0, n_tiles1), BLOCK_M, BLOCK_N, NUM_STAGES, PV_FP8)),
         ],
         [4, 1],
         [CONSUMER_REGS, PRODUCER_REGS],
@@ -287,33 +313,46 @@ def sage_attn_gluon_kernel(
 
 
 def descriptor(t: torch.Tensor, block_shape: list[int], dtype) -> TensorDescriptor:
-    """A 2-d TMA descriptor over ``t`` with the swizzled shared layout the wgmma reads."""
+    """A TMA descriptor over ``t`` with the swizzled shared layout the wgmma reads."""
     return TensorDescriptor.from_tensor(t, block_shape, gl.NVMMASharedLayout.get_default_for(block_shape, dtype))
 
 
-def launch(q_int8, q_scale, k_int8, k_scale, v_fp8_t, v_scale, *, out_like, head_dim, is_causal, block_m, block_n,
+def launch(q_int8, q_scale, k_int8, k_scale, v, v_scale, *, out_like, head_dim, is_causal, block_m, block_n,
            shift=None, return_lse=False, num_stages=2, consumer_regs=232, producer_regs=40):  # fmt: skip
-    """Run ``sage_attn_gluon_kernel`` on quantized inputs (the layouts of ``attn_int8.launch`` with fp8 P·V).
+    """Run ``sage_attn_gluon_kernel`` on quantized inputs (the layouts ``attn_int8.launch`` takes).
 
-    q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp], v_fp8_t V̂ᵀ [B,Hkv,Dp,Npad] e4m3, contiguous; q_scale
-    [B,H,ceil(Nq/block_m)], k_scale [B,Hkv,ceil(Nkv/block_n)], v_scale [B,Hkv,Dp]. One program per
-    2·block_m query rows (a consumer warpgroup per block_m). ``consumer_regs`` / ``producer_regs``: the
-    registers per thread each partition gets (``setmaxnreg``; 2·128·232 + 128·40 fit the SM's 64 Ki).
-    Returns out (and lse [B,H,Nq] fp32, natural log).
+    q_int8 [B,H,Nq,Dp], k_int8 [B,Hkv,Nkv,Dp] contiguous; q_scale [B,H,ceil(Nq/block_m)], k_scale
+    [B,Hkv,ceil(Nkv/block_n)]. fp8 P·V: v is V̂ᵀ [B,Hkv,Dp,Npad] e4m3 (contiguous) with v_scale [B,Hkv,Dp];
+    fp16 P·V (``v_scale`` None): v is V [B,Hkv,Nkv,D] fp16, read through a 3-d descriptor [B·Hkv, Nkv, D] so
+    that a tile's keys past Nkv arrive as zeros (a copy only where TMA cannot read it in place: D not a multiple
+    of 8 or rows not 16-byte aligned). One program per 2·block_m query rows (a consumer warpgroup per block_m).
+    ``consumer_regs`` / ``producer_regs``: the registers per thread each partition gets (``setmaxnreg``;
+    2·128·232 + 128·40 fit the SM's 64 Ki). Returns out (and lse [B,H,Nq] fp32, natural log).
     """
     _, heads, q_len, head_dim_padded = q_int8.shape
     kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
+    pv_fp8 = v_scale is not None
+    if num_stages < 2:
+        raise ValueError(f"num_stages={num_stages}: tiles j-1 and j are in use at once, so at least 2")
+    if not pv_fp8 and head_dim_padded > 128:
+        raise ValueError(f"head_dim={head_dim}: the fp16 P·V kernel's tiles fit shared memory up to head_dim 128")
     out = torch.empty_like(out_like)
     lse = lse_buffer(out, return_lse)
     q_desc = descriptor(q_int8.view(-1, head_dim_padded), [block_m, head_dim_padded], gl.int8)
     k_desc = descriptor(k_int8.view(-1, head_dim_padded), [block_n, head_dim_padded], gl.int8)
-    v_desc = descriptor(v_fp8_t.view(-1, v_fp8_t.shape[-1]), [head_dim_padded, block_n], gl.float8e4nv)
+    if pv_fp8:
+        v_desc = descriptor(v.view(-1, v.shape[-1]), [head_dim_padded, block_n], gl.float8e4nv)
+    else:
+        v3 = v.reshape(-1, kv_len, head_dim)
+        if v3.stride(-1) != 1 or any(st % 8 for st in v3.stride()[:-1]) or v3.data_ptr() % 16:
+            v3 = torch.nn.functional.pad(v3, (0, -head_dim % 8))  # contiguous, rows a multiple of 16 bytes
+        v_desc = descriptor(v3, [1, block_n, head_dim_padded], gl.float16)
     grid = (-(-q_len // (CONSUMERS * block_m)), out.shape[0] * out.shape[1])
     sage_attn_gluon_kernel[grid](
-        q_desc, k_desc, v_desc, q_scale, k_scale, v_scale, out, lse, shift if shift is not None else lse,
-        *strides(out), heads, heads // kv_heads, kv_heads, q_len, kv_len, head_dim,
+        q_desc, k_desc, v_desc, q_scale, k_scale, v_scale if pv_fp8 else q_scale, out, lse,
+        shift if shift is not None else lse, *strides(out), heads, heads // kv_heads, kv_heads, q_len, kv_len, head_dim,
         BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=head_dim_padded, NUM_STAGES=num_stages, IS_CAUSAL=is_causal,
-        RETURN_LSE=return_lse, WITH_SHIFT=shift is not None, CONSUMER_REGS=consumer_regs,
+        RETURN_LSE=return_lse, WITH_SHIFT=shift is not None, PV_FP8=pv_fp8, CONSUMER_REGS=consumer_regs,
         PRODUCER_REGS=producer_regs, num_warps=4,
     )  # fmt: skip
     return (out, lse) if return_lse else out

@@ -44,12 +44,12 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
         k_mean=kv["k_mean"] if (smooth_k and return_lse) else None, kv_heads=k.shape[1],
     )  # fmt: skip
     if tiles.gluon:
-        if attn_mask is not None or not v_fp8:
-            raise ValueError("the Gluon kernel takes fp8 P·V without attn_mask: use rung 5's tiles for those calls")
+        if attn_mask is not None:
+            raise ValueError("the Gluon kernel takes no attn_mask: use rung 3's or rung 5's tiles for masked calls")
         from . import attn_gluon  # only Tritons with Gluon's Hopper API have it (see __init__)
 
         return attn_gluon.launch(
-            q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"], kv["v_scale"], out_like=q,
+            q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v, kv["v_scale"], out_like=q,
             head_dim=head_dim, is_causal=is_causal, block_m=tiles.block_m, block_n=tiles.block_n,
             num_stages=tiles.num_stages, shift=shift, return_lse=return_lse,
         )  # fmt: skip

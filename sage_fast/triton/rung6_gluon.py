@@ -13,8 +13,8 @@ Quantization is rung 5's (Q̂'s blocks stay 64 rows: each consumer has its own q
 What it bought (H200, 2026-11-26; docs/notes.md, docs/results/bench-h200-2026-11-26-rung6.json): a
 tie, not yet a gain. Whole call hd128: N=8k 686 TOPS against rung 5's 687 (SDPA-cuDNN 578), N=32k 764
 against 755, causal 32k 717 against 706; but causal 8k 578 against 620, N=1k 352 against 420, hd64
-8k 385 against 515. One program per SM (2 x 232 + 40 registers per thread, 115 KB of shared memory)
-has nobody to hide its start and end behind, which short sequences feel most; and at hd64 the
+8k 385 against 515. One program per SM (2 x 232 + 40 registers per thread; 115 KB of shared memory
+then, 99 KB since P̂ has one buffer per consumer) has nobody to hide its start and end behind, which short sequences feel most; and at hd64 the
 consumers' 232 registers are mostly idle where rung 5 fits four programs per SM. The same schedule
 in one partition (two programs of one warpgroup per SM) read 680 kernel-only against rung 5's 775.
 
