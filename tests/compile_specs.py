@@ -120,7 +120,37 @@ def ptxas_usage(ptx: str, arch: int) -> dict:
             "serialized": serialized}  # fmt: skip
 
 
-_SPECS: list[dict] = []  # filled before the fork; workers index into it
+_SPECS: list[dict] = []  # every distinct build, in a fixed order; each worker process collects its own copy
+
+
+def collect(cases: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(records, specs): one record per (case, arch, launch) pointing at ``specs[record["build"]]``."""
+    records, unique, specs = [], {}, []
+    for case in cases:
+        try:
+            launches = record_launches(case)
+        except Exception:  # noqa: BLE001
+            records.append({"case": case_id(case), "arch": None, "error": traceback.format_exc()})
+            continue
+        for arch in case["archs"]:
+            for n, (kernel, args, kwargs) in enumerate(launches):
+                spec = specialize(kernel, args, kwargs, arch)
+                key = spec_key(spec)
+                if key not in unique:
+                    unique[key] = len(specs)
+                    specs.append(spec)
+                names = {(kernel.arg_names.index(name),): name for name in kernel.arg_names}
+                records.append({
+                    "case": case_id(case), "rung": case["rung"], "arch": arch, "launch": n, "kernel": kernel.__name__,
+                    "constexprs": {names[path]: value for path, value in spec["constexprs"].items()},
+                    "options": spec["options"], "build": unique[key],
+                })  # fmt: skip
+    return records, specs
+
+
+def init_worker(cases: list[dict]) -> None:
+    """A fresh (spawned) worker records the same launches, so its _SPECS[i] is the parent's."""
+    _SPECS[:] = collect(cases)[1]
 
 
 def build_one(job: tuple[int, str, bool]) -> dict:
@@ -157,29 +187,12 @@ def main(argv: list[str]) -> None:
     with_ptxas = "--ptxas" in argv
     cases = json.load(sys.stdin)
     os.makedirs(out_dir, exist_ok=True)
-    records, unique = [], {}
-    for case in cases:
-        try:
-            launches = record_launches(case)
-        except Exception:  # noqa: BLE001
-            records.append({"case": case_id(case), "arch": None, "error": traceback.format_exc()})
-            continue
-        for arch in case["archs"]:
-            for n, (kernel, args, kwargs) in enumerate(launches):
-                spec = specialize(kernel, args, kwargs, arch)
-                key = spec_key(spec)
-                if key not in unique:
-                    unique[key] = len(_SPECS)
-                    _SPECS.append(spec)
-                names = {(kernel.arg_names.index(name),): name for name in kernel.arg_names}
-                records.append({
-                    "case": case_id(case), "rung": case["rung"], "arch": arch, "launch": n, "kernel": kernel.__name__,
-                    "constexprs": {names[path]: value for path, value in spec["constexprs"].items()},
-                    "options": spec["options"], "build": unique[key],
-                })  # fmt: skip
-    jobs = [(i, out_dir, with_ptxas) for i in range(len(_SPECS))]
-    # fork: the workers inherit _SPECS and the imported kernels; no thread or MLIR context exists yet.
-    with multiprocessing.get_context("fork").Pool(max(1, min(len(jobs), os.cpu_count() or 1))) as pool:
+    records, specs = collect(cases)
+    jobs = [(i, out_dir, with_ptxas) for i in range(len(specs))]
+    # spawn, not fork: recording the launches runs torch ops (and may start their threads) in this process, and a
+    # forked worker can inherit a lock some thread held and wait on it forever (seen once in CI).
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(cases,)) as pool:
         results = pool.map(build_one, jobs, chunksize=1)
     for record in records:
         if "build" in record:
