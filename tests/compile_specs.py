@@ -193,7 +193,8 @@ def main(argv: list[str]) -> None:
     # forked worker can inherit a lock some thread held and wait on it forever (seen once in CI).
     workers = max(1, min(len(jobs), os.cpu_count() or 1))
     with multiprocessing.get_context("spawn").Pool(workers, initializer=init_worker, initargs=(cases,)) as pool:
-        results = pool.map(build_one, jobs, chunksize=1)
+        # A worker that dies (LLVM aborts on some unsupported targets) would leave map() waiting forever.
+        results = pool.map_async(build_one, jobs, chunksize=1).get(timeout=1200)
     for record in records:
         if "build" in record:
             record.update(results[record["build"]])

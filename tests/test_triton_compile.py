@@ -58,11 +58,13 @@ CASES = [
 ] + [  # awkward sizes: no length divisible by 16, head_dim padded to the HEAD_DIM tile
     {"rung": rung.name, "head_dim": 96, "is_causal": True, "seq": 77, "archs": claimed(rung)} for rung in RUNGS
 ]
-# The highest arch below each rung's min_arch, once: it must not build.
+# The highest arch below each rung's min_arch, once: it must not build. Not for the Gluon rungs (6, 7): their
+# lowering for sm89 does not fail with an error but aborts the compiling process ("LLVM ERROR: Cannot select:
+# setmaxnreg"), so ``attn_gluon.launch`` refuses a GPU other than sm90 before compiling anything.
 UNCLAIMED = [
     {"rung": rung.name, "head_dim": 128, "is_causal": False, "archs": [max(a for a in ARCHS if a < rung.min_arch)]}
     for rung in RUNGS
-    if any(a < rung.min_arch for a in ARCHS)
+    if any(a < rung.min_arch for a in ARCHS) and rung.interpretable
 ]
 
 
@@ -228,20 +230,14 @@ def test_pv_accumulates_in_two_levels(builds, case, arch):
             )
 
 
-# Why each rung cannot build below its min_arch: sm80 has no e4m3 type; wgmma (Gluon's ``warpgroup_mma``,
-# which rung 6 calls directly) exists only on sm90, and on sm89 its fp8 form is refused outright.
-REFUSAL = {"6-gluon": "warp_group_dot", "7-gluon-fp16": "warp_group_dot"}
-
-
 @pytest.mark.parametrize("case", UNCLAIMED, ids=case_id)
 def test_refuses_arch_below_min_arch(builds, case):
     (arch,) = case["archs"]
     failures = [b for b in builds[case_id(case), arch] if b.error]
     assert failures, f"{case['rung']} builds for sm{arch}: lower its min_arch or find why it should not"
     reasons = [b.error for b in failures]
-    expected = REFUSAL.get(case["rung"], "fp8e4nv")
     tails = [r[-600:] for r in reasons]
-    assert any(expected in reason for reason in reasons), f"refused, but not for the expected {expected!r}: {tails}"
+    assert any("fp8e4nv" in reason for reason in reasons), f"refused, but not for lack of e4m3: {tails}"
 
 
 # Rungs whose K̂/V̂ᵀ tiles come through tensor descriptors: on sm90 the key loop must copy them with
@@ -252,7 +248,7 @@ TMA_RUNGS = {rung.name for rung in RUNGS if rung.name.startswith(("5", "6", "7")
 @pytest.mark.parametrize("case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in TMA_RUNGS])
 def test_tma_copies_key_and_value_tiles(builds, case, arch):
     build = attention_build(builds, case, arch)
-    bulk = len(re.findall(r"\bcp\.async\.bulk\.tensor\.2d\.", build.ptx))
+    bulk = len(re.findall(r"\bcp\.async\.bulk\.tensor\.[23]d\.", build.ptx))  # rung 7 reads V in 3-d
     if arch >= 90:
         # K̂ and V̂ᵀ, in the unmasked and the masked loop (the pipeliner may peel more copies).
         assert bulk >= 4, f"{build}: {bulk} TMA tensor copies, expected K and V in both key loops"
