@@ -23,7 +23,7 @@ from triton.runtime.interpreter import InterpretedFunction
 import sage_ref
 from sage_ref.checks import check_attn_mask, check_choice, check_flag, check_qkv, resolve_sm_scale
 
-from .triton import attn_int8, rung3_fused_quant, rung5_tma
+from .triton import attn_int8, rung3_fused_quant, rung5_tma, rung7_gluon_fp16  # rung 7: None without Gluon
 
 LAYOUTS = ("HND", "NHD")
 PV_CHOICES = ("auto", "fp16", "fp8")
@@ -38,8 +38,6 @@ def triton_rung(pv, q, attn_mask):
     65-128 on an sm90 GPU, where rung 7 (the same arithmetic, bit for bit, in Gluon with FlashAttention-3's
     schedule) is faster: whole call 613 TOPS against rung 3's 539 at head_dim 128, N = 8k, 375 against 359 at
     N = 1k (H100, docs/results/bench-h100-2026-11-26-rung7.json); at head_dim 64 it is slower (360 against 444)."""
-    from .triton import rung7_gluon_fp16  # None where Triton has no Gluon
-
     if (pv == "fp16" and attn_mask is None and rung7_gluon_fp16 is not None and q.is_cuda
             and 64 < q.shape[-1] <= 128 and torch.cuda.get_device_capability(q.device)[0] == 9):  # fmt: skip
         return rung7_gluon_fp16
