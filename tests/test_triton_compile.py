@@ -276,3 +276,19 @@ def test_softmax_overlaps_the_pv_wgmma(builds, case, arch):
     regs = {op: sorted(set(map(int, re.findall(rf"setmaxnreg\.{op}\.sync\.aligned\.u32\s+(\d+);", build.ptx))))
             for op in ("inc", "dec")}  # fmt: skip
     assert regs["inc"] and regs["dec"], f"{build}: no register hand-over between partitions (setmaxnreg): {regs}"
+
+
+# Rungs 4 and 5 hand P to the fp8 P·V wgmma in registers. V̂ᵀ's keys are stored in the order of the
+# wgmma's 8-bit A operand (common.operand_key_order) and P's keys are relabelled alike, so each thread
+# already holds its operand: converting P must not move bytes between threads or within registers.
+# Before the relabelling the sm90 PTX had 32 `shfl` (besides the row max and sum's) and 32 `prmt` for it.
+REGISTER_P_RUNGS = {"4-fp8-pv", "5-tma"}
+
+
+@pytest.mark.parametrize(
+    "case, arch", [p for p in claimed_builds() if p.values[0]["rung"] in REGISTER_P_RUNGS and p.values[1] >= 90]
+)
+def test_p_reaches_the_fp8_operand_without_moving(builds, case, arch):
+    build = attention_build(builds, case, arch)
+    permutes = len(re.findall(r"\bprmt\.b32\b", build.ptx))
+    assert permutes == 0, f"{build}: {permutes} byte permutes: P is rearranged on its way to the P·V operand"

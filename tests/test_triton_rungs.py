@@ -24,6 +24,14 @@ from sage_fast.triton.quant import quantize_kv, quantize_q
 LENGTHS = st.one_of(st.sampled_from([1, 63, 64, 65, 77, 128, 129]), st.integers(1, 140))
 
 
+def operand_key_order(x: torch.Tensor) -> torch.Tensor:
+    """x [..., N] with out[..., k] = x[..., c(k)] within every 32 keys: k = 16·g1 + 4q + 2·g0 + j holds key
+    c = 16·g1 + 8·g0 + 2q + j (``common.operand_key_order``'s docstring, written out index by index)."""
+    k = torch.arange(x.shape[-1])
+    g1, q, g0, j = (k >> 4) & 1, (k >> 2) & 3, (k >> 1) & 1, k & 1
+    return x[..., (k & ~31) + 16 * g1 + 8 * g0 + 2 * q + j]
+
+
 @st.composite
 def inputs(draw, dtypes):
     """q [B,H,Nq,D], k, v [B,Hkv,Nkv,D] Gaussian (K with an optional shared channel bias) and is_causal."""
@@ -114,9 +122,9 @@ def test_quantization_kernels_equal_sage_ref(data, block):
     assert torch.equal(q_int8, torch.nn.functional.pad(q_hat.codes, (0, pad)))
     assert torch.equal(q_scale, q_hat.scale)
     v_fp8, v_scale = sage_ref.quantize_v_fp8(v)
-    n = k.shape[2]
-    assert torch.equal(kv["v_fp8_t"][..., : k.shape[-1], :n].transpose(-1, -2).float(), v_fp8.float())
-    assert torch.equal(kv["v_fp8_t"][..., n:].float(), torch.zeros_like(kv["v_fp8_t"][..., n:].float())), "padding"
+    # V̂ᵀ [B, Hkv, Dp, Npad]: zero-padded, keys of every 32 in operand order (stored[k] = key c).
+    v_fp8_t = torch.nn.functional.pad(v_fp8.float().transpose(-1, -2), (0, kv["v_fp8_t"].shape[-1] - k.shape[2], 0, pad))
+    assert torch.equal(kv["v_fp8_t"].float(), operand_key_order(v_fp8_t))
     assert torch.equal(kv["v_scale"][..., : k.shape[-1]], v_scale[:, :, 0])
     group = q.shape[1] // k.shape[1]
     expected_shift = 0.3 * torch.matmul(q.float(), k_mean.repeat_interleave(group, dim=1).transpose(-1, -2))[..., 0]

@@ -88,9 +88,22 @@ def take_turn(turn, ME: gl.constexpr, phase):
 
 
 @gluon.jit
-def store_p(p_bufs, p, index):
-    """P̂ = e4m3(p) (fp16(p)) into P buffer ``index``, visible to the consumer's next wgmma (all its warps wrote)."""
-    p_bufs.index(index).store(p.to(p_bufs.dtype))
+def operand_key_order(x):
+    """``common.operand_key_order`` in Gluon: x [R, N]'s keys relabelled within every 32 as V̂ᵀ stores them."""
+    rows: gl.constexpr = x.shape[0]
+    keys: gl.constexpr = x.shape[1]
+    x = gl.reshape(x, [rows, keys // 32, 2, 2, 4, 2])
+    return gl.reshape(gl.permute(x, [0, 1, 2, 4, 3, 5]), [rows, keys])
+
+
+@gluon.jit
+def store_p(p_bufs, p, index, PV_FP8: gl.constexpr):
+    """P̂ = e4m3(p) (keys in V̂ᵀ's order) or fp16(p) into P buffer ``index``, visible to the consumer's next
+    wgmma (all its warps wrote)."""
+    if PV_FP8:
+        p_bufs.index(index).store(operand_key_order(p.to(p_bufs.dtype)))
+    else:
+        p_bufs.index(index).store(p.to(p_bufs.dtype))
     fence_async_shared()
     gl.thread_barrier()
 
@@ -157,7 +170,7 @@ def step(q_smem, k_bufs, v_bufs, p_bufs, ready, empty, turn, acc, alpha_prev, m_
     pv = warpgroup_mma_wait(0, deps=(pv_tok,))
     mbarrier.arrive(empty.index(prev), count=1)  # this consumer is done with tile t-1
     acc = gl.fma(acc, alpha_prev[:, None], pv.to(gl.float32))
-    store_p(p_bufs, p, ME)  # PV_{t-1}, the last reader of this buffer, is done
+    store_p(p_bufs, p, ME, PV_FP8)  # PV_{t-1}, the last reader of this buffer, is done
     return acc, gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), m_i, l_i, phase
 
 
@@ -204,7 +217,7 @@ def consumer(ME: gl.constexpr, q_bufs, k_bufs, v_bufs, p_bufs, q_bar, ready, emp
         else:
             p, alpha, m_i, l_i = softmax(s_int, scale, m_i, l_i, 0, offs_m, q_len, kv_len, BLOCK_N, IS_CAUSAL, True,
                                          P_LOG2)  # fmt: skip
-        store_p(p_bufs, p, ME)
+        store_p(p_bufs, p, ME, PV_FP8)
         alpha = gl.convert_layout(alpha, row_o)
         for t in range(1, n_full):
             acc, alpha, m_i, l_i, phase = step(

@@ -30,7 +30,9 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
-from .common import bias_base2, finish, key_range, softmax_step, softmax_step_int, unmasked_range, visible
+from .common import (
+    bias_base2, finish, key_range, operand_key_order, softmax_step, softmax_step_int, unmasked_range, visible,
+)
 from .launch import attention_grid, lse_buffer, strides
 
 LN2 = tl.constexpr(0.6931471805599453)  # ln 2: natural-log lse = base-2 lse · ln 2
@@ -90,7 +92,8 @@ def attend(
                 v = v_src.load([v_row, start_n]).T
             else:
                 v = tl.load(v_src + start_n)
-            pv = tl.dot(p.to(tl.float8e4nv), v)
+            # V̂ᵀ's keys are stored in operand order (quant.py): P's are relabelled alike, for free.
+            pv = tl.dot(operand_key_order(p.to(tl.float8e4nv)), v)
         else:
             v_ok = offs_d[None, :] < head_dim
             if MASKED:

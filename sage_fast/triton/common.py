@@ -82,6 +82,25 @@ def softmax_step_int(s_int, scale, m_i, l_i, P_LOG2: tl.constexpr):
 
 
 @triton.jit
+def operand_key_order(x):
+    """x [R, N] with its N keys relabelled, within every 32, into the order an 8-bit MMA operand wants.
+
+    An int32/fp32 MMA accumulator (wgmma on sm90, mma.sync on sm89) gives each thread two adjacent
+    columns of every eight, c = 8g + 2q + j (q = lane % 4, j in {0, 1}), but an 8-bit A operand wants
+    four adjacent k of every sixteen, k = 16·g1 + 4q + 2·g0 + j (g = 2·g1 + g0). P·V sums over keys,
+    so it is unchanged when P's columns and V's rows are relabelled alike; with the relabelling
+    ``out[:, k] = x[:, c]`` (a rotation of bits 1-3 of the key index) every thread already holds its
+    operand, and converting P to it is a register renaming instead of shuffles: on rung 5's sm90
+    build 32 shuffles, 36 selects and 32 byte permutes less per thread (docs/notes.md). quant.py
+    stores V̂ᵀ's keys in this order, so the kernels apply it to P only.
+    """
+    rows: tl.constexpr = x.shape[0]
+    keys: tl.constexpr = x.shape[1]
+    x = tl.reshape(x, [rows, keys // 32, 2, 2, 4, 2])  # (g1, g0, q, j) within 32 keys
+    return tl.reshape(tl.permute(x, [0, 1, 2, 4, 3, 5]), [rows, keys])  # -> (g1, q, g0, j)
+
+
+@triton.jit
 def finish(acc, m_i, l_i, P_LOG2: tl.constexpr):
     """out = acc / l (0 for a row that saw no key) and its base-2 log-sum-exp m + log2 l - P_LOG2 (-inf there)."""
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)

@@ -7,7 +7,8 @@ K and V, first the statistics: one program per (chunk of STATS_CHUNK tokens, bat
     Σ_n K (fp64, for k_mean) or, for fp8 P·V, max_n |V| per channel; then the quantization: one
     program per (tile of BLOCK_N keys, batch·kv head) combines the chunks in a fixed order and writes
     K̂ = round((K - k_mean) / k_scale) per tile, or e4m3(V / v_scale) transposed to [D, N] (keys
-    contiguous, what an 8-bit wgmma needs for its B operand), zero-padded to whole BLOCK_N tiles.
+    contiguous, what an 8-bit wgmma needs for its B operand), zero-padded to whole BLOCK_N tiles,
+    the keys of every 32 in ``operand_key_order`` (the attention kernels relabel P's keys alike).
 Rounding is round-half-away-from-zero via trunc(x ± 0.5); each tile or channel divides once
 (IEEE ``div_rn``) and multiplies its elements by 127 / max|x| (448 / max|v|), exactly as
 ``sage_ref.quantization`` computes it.
@@ -17,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import nan_poisoned
+from .common import nan_poisoned, operand_key_order
 from .launch import LOG2E, strides
 
 
@@ -165,9 +166,10 @@ def quantize_kv_kernel(
             tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
         v = load_rows(V, b, h, rows, row_ok, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
         inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
-        v_codes = tl.trans((v * inv[None, :]).to(tl.float8e4nv))
         # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
-        # store is contiguous bytes, not one byte every kv_len_padded.
+        # store is contiguous bytes, not one byte every kv_len_padded; within every 32 keys in the
+        # order of an 8-bit MMA operand (common.operand_key_order), so P needs no shuffles.
+        v_codes = operand_key_order(tl.trans((v * inv[None, :]).to(tl.float8e4nv)))
         tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[:, None]) * kv_len_padded + rows[None, :], v_codes)
 
 
@@ -195,7 +197,8 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
     """Smooth and quantize K (and V to fp8 when ``v_fp8``): a statistics launch, then a quantization launch.
 
     k, v [B,Hkv,N,D] (any strides) -> dict with k_int8 [B,Hkv,N,Dp], k_scale [B,Hkv,ceil(N/block_n)],
-    k_mean [B,Hkv,Dp] (if smooth_k), and v_fp8_t [B,Hkv,Dp,Npad], v_scale [B,Hkv,Dp] (if v_fp8).
+    k_mean [B,Hkv,Dp] (if smooth_k), and v_fp8_t [B,Hkv,Dp,Npad] (keys in ``operand_key_order`` within
+    every 32), v_scale [B,Hkv,Dp] (if v_fp8).
     Both launches are parallel over token chunks and batch·head; the statistics are combined in a
     fixed order, so results are deterministic.
     """
