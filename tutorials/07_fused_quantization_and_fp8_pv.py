@@ -7,6 +7,7 @@ You will learn:
 - how V gets one fp8 scale per channel, undone by a single multiply at the end;
 - how Hopper's TMA copy engine frees registers, and why fewer registers made rung 5 faster than rung 4 with
   the same arithmetic, bit for bit;
+- how renaming the keys lets P reach the fp8 tensor core without moving between threads;
 - where the time of the project's fastest path (rung 5, `sageattn(pv="fp8")`) goes, measured on an H200.
 """
 
@@ -312,6 +313,72 @@ for label, (d, is_causal) in shapes.items():
 # A few percent, kernel alone and whole call, for the same bits: what is left is the chain inside each program,
 # and overlapping one tile's softmax with the next tile's product needs explicit control of the warps that plain
 # Triton does not give (the [Notes](../notes.md) have the attempt). `sageattn(pv="fp8")` runs rung 5.
+
+# %% [markdown]
+# ## P's keys in the order the tensor core wants
+#
+# Reading rung 5's machine code (SASS) showed one more cost inside the chain. The tensor core leaves each thread
+# its share of S in the *accumulator* layout: in every 8 columns, 2 adjacent ones (thread `q = lane % 4` holds
+# columns `8g + 2q` and `8g + 2q + 1`). But the fp8 product P·V wants P as an 8-bit *operand*, 4 adjacent
+# k of every 16 per thread (`16·g1 + 4q … 4q + 3`). So between the softmax and the product the threads swapped
+# bytes: per thread and tile 16 shuffles, 32 selects and 16 byte permutes, on the critical path.
+#
+# P·V sums over keys, so it does not care what the keys are called, as long as P's columns and V's rows are
+# renamed alike. Rename the keys so that what each thread holds *is* its operand, and the conversion becomes
+# a renaming of registers. `sage_fast.triton.common.operand_key_order` is that renaming (within every 32 keys,
+# a rotation of three bits of the key index); the quantization kernel stores V̂ᵀ with its keys in that order,
+# and the attention kernel applies it to P. What it does to the key numbers 0-31:
+
+# %%
+from sage_fast.triton.common import operand_key_order
+
+
+@triton.jit
+def relabel_kernel(X, Out, N: tl.constexpr):
+    row = tl.load(X + tl.arange(0, N))[None, :]
+    tl.store(Out + tl.arange(0, N)[None, :], operand_key_order(row))
+
+
+keys = torch.arange(32, dtype=torch.int32, device=DEVICE)
+order = torch.empty_like(keys)
+relabel_kernel[(1,)](keys, order, N=32)
+print("position k holds key:", order.tolist())
+for lane in range(4):
+    held = [8 * g + 2 * lane + j for g in range(4) for j in range(2)]
+    wanted = [order[16 * half + 4 * lane + i].item() for half in range(2) for i in range(4)]
+    print(f"  thread q={lane}: holds keys {held}, its operand slots now name {wanted}")
+    assert sorted(held) == sorted(wanted)
+
+# %% [markdown]
+# Every thread's operand slots name exactly the keys it already holds. The product is unchanged, whatever the
+# renaming, when both sides get it (here in fp64 with small integers, so every sum is exact):
+
+# %%
+p_tile = torch.randint(0, 8, (4, 32), dtype=torch.float64)
+v_tile = torch.randint(-4, 5, (32, 6), dtype=torch.float64)
+perm = order.long().cpu()
+assert torch.equal(p_tile[:, perm] @ v_tile[perm], p_tile @ v_tile)
+print("P[:, order] · V[order] == P · V")
+
+# %% [markdown]
+# In rung 5's sm90 build the hot loop went from 601 to 552 instructions per tile, and no byte is moved between
+# threads on the way to the product (`tests/test_triton_compile.py` holds every fp8 build with P in registers to
+# that). The tensor core now adds the 32 products of each instruction in another order, so the result may
+# differ from before in the last bits; rungs 4, 5 and 6 all use the new order and still equal each other bit
+# for bit. Measured on the GPU, old and new code alternating in one run:
+
+# %%
+order_probe = json.loads((RESULTS / "probes-operand-order-h200-2026-11-26.json").read_text())
+print(order_probe["environment"]["card"] + ", TOPS, two rounds each")
+cases = {"head_dim 128, N = 8192": (8192, 128, False), "  causal": (8192, 128, True),
+         "head_dim 128, N = 1024": (1024, 128, False), "head_dim 64, N = 8192": (8192, 64, False)}
+print(f"  {'':24s} {'kernel old':>11} {'kernel new':>11} {'call old':>9} {'call new':>9} {'SDPA cuDNN':>11}")
+for label, (n, d, is_causal) in cases.items():
+    def pick(name, era):
+        return [r["tops"] for r in order_probe["rows"] if r["name"] == name and r["label"].startswith(era)
+                and (r["N"], r["D"], r["causal"]) == (n, d, is_causal)]
+    cells = (pick("r5", "old"), pick("r5", "new"), pick("sage", "old"), pick("sage", "new"), pick("cudnn", "new"))
+    print(f"  {label:24s}" + "".join(f" {spread(c):>{w}}" for c, w in zip(cells, (11, 11, 9, 9, 11))))
 #
 # ## Measured on a GPU
 #
