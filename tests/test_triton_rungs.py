@@ -98,9 +98,14 @@ def test_rung5_equals_rung4(data):
     torch.testing.assert_close(lse5, lse4, rtol=0, atol=0, equal_nan=True)
 
 
-@given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)), block=st.sampled_from([(64, 128), (128, 64)]))
-def test_quantization_kernels_equal_sage_ref(data, block):
-    """The fused quantization launches write sage_ref's codes and scales, bit for bit.
+@given(
+    data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)),
+    block=st.sampled_from([(64, 128), (128, 64)]),
+    per_head=st.booleans(),
+)
+def test_quantization_kernels_equal_sage_ref(data, block, per_head):
+    """The fused quantization launches write sage_ref's codes and scales, bit for bit, K and V in two launches
+    or in one of a program per head (``per_head``).
 
     K's mean is summed in fp64 on both sides, so it rounds to the same fp32 value whatever the order.
     """
@@ -109,7 +114,7 @@ def test_quantization_kernels_equal_sage_ref(data, block):
     dp = head_dim_block(q.shape[-1], INT8_MIN_HEAD_DIM)
     pad = dp - q.shape[-1]
     with poisoned_allocations():
-        kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=True)
+        kv = quantize_kv(k, v, block_n=block_n, head_dim_padded=dp, smooth_k=True, v_fp8=True, per_head=per_head)
         q_int8, q_scale, shift = quantize_q(
             q, sm_scale=0.3, block_m=block_m, head_dim_padded=dp, k_mean=kv["k_mean"], kv_heads=k.shape[1]
         )

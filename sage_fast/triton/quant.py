@@ -9,6 +9,8 @@ K and V, first the statistics: one program per (chunk of STATS_CHUNK tokens, bat
     K̂ = round((K - k_mean) / k_scale) per tile, or e4m3(V / v_scale) transposed to [D, N] (keys
     contiguous, what an 8-bit wgmma needs for its B operand), zero-padded to whole BLOCK_N tiles,
     the keys of every 32 in ``operand_key_order`` (the attention kernels relabel P's keys alike).
+    For short heads (``per_head_pays``) one program per (batch·kv head, K or V) does both in one launch
+    instead: the statistics loop, then the tiles, re-read from L2.
 Rounding is round-half-away-from-zero via trunc(x ± 0.5); each tile or channel divides once
 (IEEE ``div_rn``) and multiplies its elements by 127 / max|x| (448 / max|v|), exactly as
 ``sage_ref.quantization`` computes it.
@@ -70,6 +72,36 @@ def quantize_q_kernel(
 
 
 @triton.jit
+def k_sum(K, b, h, lo, hi, kv_len, sk_b, sk_h, sk_n, sk_d, head_dim,
+          BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
+    """Σ K[b, h, lo:hi] over tokens, per channel, in fp64 [HEAD_DIM] (so the mean rounds to the same fp32 value
+    as sage_ref's whatever the summation order)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    # Each thread accumulates its own elements; the tile is reduced over tokens once at the end (a reduction
+    # per loaded tile would put a cross-warp exchange and a barrier in the loop).
+    total = tl.zeros([BLOCK_N, HEAD_DIM], tl.float64)
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+        rows = start + offs_n
+        total += load_rows(K, b, h, rows, rows < kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM).to(tl.float64)
+    return tl.sum(total, 0)
+
+
+@triton.jit
+def v_amax(V, b, h, lo, hi, kv_len, sv_b, sv_h, sv_n, sv_d, head_dim,
+           BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, STAGES: tl.constexpr):  # fmt: skip
+    """max |V[b, h, lo:hi]| over tokens, per channel [HEAD_DIM], NaN-poisoned."""
+    offs_n = tl.arange(0, BLOCK_N)
+    amax = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    poison = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+        rows = start + offs_n
+        v = load_rows(V, b, h, rows, rows < kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
+        amax = tl.maximum(amax, tl.abs(v))
+        poison += v * 0.0
+    return nan_poisoned(tl.max(amax, 0), tl.sum(poison, 0))
+
+
+@triton.jit
 def kv_stats_kernel(
     K, V, KSum, VAmax,
     sk_b, sk_h, sk_n, sk_d,
@@ -83,29 +115,14 @@ def kv_stats_kernel(
     bh = tl.program_id(1)
     b = (bh // kv_heads).to(tl.int64)
     h = (bh % kv_heads).to(tl.int64)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + offs_d
-    # Each thread accumulates its own elements over the chunk; the tile is reduced over tokens once
-    # at the end (a reduction per loaded tile would put a cross-warp exchange and a barrier in the loop).
+    out = (bh.to(tl.int64) * tl.num_programs(0) + chunk) * HEAD_DIM + tl.arange(0, HEAD_DIM)
+    lo = chunk * CHUNK
+    hi = tl.minimum(lo + CHUNK, kv_len)
     if tl.program_id(2) == 0:
         if SMOOTH_K:  # without smoothing the launch is for V alone
-            # fp64, so the mean rounds to the same fp32 value as sage_ref's whatever the summation order.
-            total = tl.zeros([BLOCK_N, HEAD_DIM], tl.float64)
-            for start in tl.range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N, num_stages=STAGES):
-                rows = start + offs_n
-                k = load_rows(K, b, h, rows, rows < kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM)
-                total += k.to(tl.float64)
-            tl.store(KSum + out, tl.sum(total, 0))
+            tl.store(KSum + out, k_sum(K, b, h, lo, hi, kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, BLOCK_N, HEAD_DIM, STAGES))
     else:
-        amax = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-        poison = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
-        for start in tl.range(chunk * CHUNK, tl.minimum(chunk * CHUNK + CHUNK, kv_len), BLOCK_N, num_stages=STAGES):
-            rows = start + offs_n
-            v = load_rows(V, b, h, rows, rows < kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
-            amax = tl.maximum(amax, tl.abs(v))
-            poison += v * 0.0
-        tl.store(VAmax + out, nan_poisoned(tl.max(amax, 0), tl.sum(poison, 0)))
+        tl.store(VAmax + out, v_amax(V, b, h, lo, hi, kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, BLOCK_N, HEAD_DIM, STAGES))
 
 
 @triton.jit
@@ -129,6 +146,31 @@ def max_chunks(VAmax, bh, n_chunks, HEAD_DIM: tl.constexpr):
         amax = tl.maximum(amax, x)
         poison += x * 0.0
     return nan_poisoned(amax, poison)
+
+
+@triton.jit
+def quantize_v_tile(v, v_amax, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HEAD_DIM: tl.constexpr):
+    """e4m3(v / v_scale) of a tile v [BLOCK_N, HEAD_DIM] of head bh64 into V̂ᵀ, v_scale = v_amax / 448 per
+    channel (v_amax: the head's max |V|; tile 0 stores v_scale)."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    if blk == 0:
+        tl.store(VScale + bh64 * HEAD_DIM + offs_d, tl.math.div_rn(v_amax, 448.0))
+    inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
+    # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
+    # store is contiguous bytes, not one byte every kv_len_padded; within every 32 keys in the
+    # order of an 8-bit MMA operand (common.operand_key_order), so P needs no shuffles.
+    v_codes = operand_key_order(tl.trans((v * inv[None, :]).to(tl.float8e4nv)))
+    tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[:, None]) * kv_len_padded + rows[None, :], v_codes)
+
+
+@triton.jit
+def quantize_k_tile(k, k_mean, KInt8, KScale, bh64, blk, n_blocks, rows, kv_len, HEAD_DIM: tl.constexpr):
+    """K̂ = round((k - k_mean) / k_scale) of a tile k [BLOCK_N, HEAD_DIM] of head bh64, and its k_scale."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = rows < kv_len
+    codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
+    tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
+    tl.store(KScale + bh64 * n_blocks + blk, scale)
 
 
 @triton.jit
@@ -156,21 +198,50 @@ def quantize_kv_kernel(
             k_mean = (sum_chunks(KSum, bh, n_chunks, HEAD_DIM) / kv_len_float).to(tl.float32)
             if blk == 0:
                 tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
-        codes, scale = quantize_tile(k - k_mean[None, :], row_ok)
-        tl.store(KInt8 + (bh64 * kv_len + rows[:, None]) * HEAD_DIM + offs_d[None, :], codes, mask=row_ok[:, None])
-        tl.store(KScale + bh64 * tl.num_programs(0) + blk, scale)
+        quantize_k_tile(k, k_mean, KInt8, KScale, bh64, blk, tl.num_programs(0), rows, kv_len, HEAD_DIM)
     elif V_FP8:  # a constexpr, so fp16-P·V builds carry no e4m3 code (sm80 has no e4m3 type)
-        v_amax = max_chunks(VAmax, bh, n_chunks, HEAD_DIM)
-        v_scale = tl.math.div_rn(v_amax, 448.0)
-        if blk == 0:
-            tl.store(VScale + bh64 * HEAD_DIM + offs_d, v_scale)
         v = load_rows(V, b, h, rows, row_ok, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
-        inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
-        # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
-        # store is contiguous bytes, not one byte every kv_len_padded; within every 32 keys in the
-        # order of an 8-bit MMA operand (common.operand_key_order), so P needs no shuffles.
-        v_codes = operand_key_order(tl.trans((v * inv[None, :]).to(tl.float8e4nv)))
-        tl.store(VFp8T + (bh64 * HEAD_DIM + offs_d[:, None]) * kv_len_padded + rows[None, :], v_codes)
+        v_amax_ = max_chunks(VAmax, bh, n_chunks, HEAD_DIM)
+        quantize_v_tile(v, v_amax_, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HEAD_DIM)
+
+
+@triton.jit
+def quantize_kv_per_head_kernel(
+    K, V, KInt8, KScale, KMean, VFp8T, VScale,
+    sk_b, sk_h, sk_n, sk_d,
+    sv_b, sv_h, sv_n, sv_d,
+    kv_heads, kv_len, kv_len_float, kv_len_padded, head_dim, n_blocks,
+    BLOCK_N: tl.constexpr, STATS_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
+    V_FP8: tl.constexpr, STAGES: tl.constexpr,
+):  # fmt: skip
+    """One program per (batch·kv head, K or V): the statistics over all its tokens, then every tile quantized.
+
+    The second loop reads the head again right after the first, so for short sequences (a head of at most a
+    few hundred KB, ``quantize_kv``'s choice) it reads from L2: DRAM sees K and V about once, without the
+    statistics launch or any waiting between programs. Same results as the two launches, bit for bit.
+    """
+    bh = tl.program_id(0)
+    b = (bh // kv_heads).to(tl.int64)
+    h = (bh % kv_heads).to(tl.int64)
+    bh64 = bh.to(tl.int64)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if tl.program_id(1) == 0:
+        k_mean = tl.zeros([HEAD_DIM], tl.float32)
+        if SMOOTH_K:
+            total = k_sum(K, b, h, 0, kv_len, kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, STATS_BLOCK_N, HEAD_DIM, STAGES)
+            k_mean = (total / kv_len_float).to(tl.float32)
+            tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
+        for blk in tl.range(0, n_blocks, num_stages=STAGES):
+            rows = blk * BLOCK_N + offs_n
+            k = load_rows(K, b, h, rows, rows < kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM)
+            quantize_k_tile(k, k_mean, KInt8, KScale, bh64, blk, n_blocks, rows, kv_len, HEAD_DIM)
+    elif V_FP8:
+        amax = v_amax(V, b, h, 0, kv_len, kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, STATS_BLOCK_N, HEAD_DIM, STAGES)
+        for blk in tl.range(0, n_blocks, num_stages=STAGES):
+            rows = blk * BLOCK_N + offs_n
+            v = load_rows(V, b, h, rows, rows < kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
+            quantize_v_tile(v, amax, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HEAD_DIM)
 
 
 def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1):
@@ -193,14 +264,34 @@ STATS_BLOCK_N = 64  # tokens per load in the statistics loop (H200: 64 > 16 > 32
 STATS_STAGES = 3  # loads in flight per statistics program (software-pipelined loop; H200: -8 % at B·H >= 64)
 
 
-def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
-    """Smooth and quantize K (and V to fp8 when ``v_fp8``): a statistics launch, then a quantization launch.
+PER_HEAD_MAX_LEN = 2048  # longest head ``quantize_kv_per_head_kernel`` takes (it reads each head twice, from L2)
+
+
+def per_head_pays(k, smooth_k, v_fp8):
+    """Whether one program per head and tensor beats the two launches for k [B,Hkv,N,D] (H200, 2026-11-26,
+    docs/results/probes-per-head-quantization-h200-2026-11-26.json): for heads of at most PER_HEAD_MAX_LEN
+    tokens when only K is quantized (the fp16-P·V path: 96-104 against 110-117 µs at hd128 and B·N = 16k, 53
+    against 89-91 at hd64), or when V is too but there are no more programs than SMs (B=1, H=8, N=1k: 56-60
+    against 92-102 µs). With V at many heads it loses (270 against 203 µs: one program per SM transposing V̂ᵀ
+    tiles through shared memory), and from 4k tokens on the second read misses L2."""
+    batch, kv_heads, kv_len, _ = k.shape
+    if kv_len > PER_HEAD_MAX_LEN or not (smooth_k or v_fp8):
+        return False
+    if not v_fp8:
+        return True
+    sms = torch.cuda.get_device_properties(k.device).multi_processor_count if k.is_cuda else 0
+    return 2 * batch * kv_heads <= sms
+
+
+def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8, per_head=None):
+    """Smooth and quantize K (and V to fp8 when ``v_fp8``): a statistics launch, then a quantization launch,
+    or (``per_head``; default: where ``per_head_pays``) one launch of a program per head and tensor.
 
     k, v [B,Hkv,N,D] (any strides) -> dict with k_int8 [B,Hkv,N,Dp], k_scale [B,Hkv,ceil(N/block_n)],
     k_mean [B,Hkv,Dp] (if smooth_k), and v_fp8_t [B,Hkv,Dp,Npad] (keys in ``operand_key_order`` within
     every 32), v_scale [B,Hkv,Dp] (if v_fp8).
-    Both launches are parallel over token chunks and batch·head; the statistics are combined in a
-    fixed order, so results are deterministic.
+    The two launches are parallel over token chunks and batch·head; the statistics are combined in a
+    fixed order, so results are deterministic, and both ways give the same bits (sage_ref's codes).
     """
     batch, kv_heads, kv_len, head_dim = k.shape
     dev = k.device
@@ -218,9 +309,20 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8):
     if v_fp8:
         out["v_fp8_t"] = torch.empty(batch, kv_heads, head_dim_padded, kv_len_padded, dtype=torch.float8_e4m3fn, device=dev)
         out["v_scale"] = torch.empty(batch, kv_heads, head_dim_padded, dtype=torch.float32, device=dev)
+    placeholder = out["k_scale"]
+    if per_head is None:
+        per_head = per_head_pays(k, smooth_k, v_fp8)
+    if per_head:
+        quantize_kv_per_head_kernel[(batch * kv_heads, parts)](
+            k, v, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
+            out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
+            *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_blocks,
+            BLOCK_N=block_n, STATS_BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8,
+            STAGES=STATS_STAGES,
+        )  # fmt: skip
+        return out
     k_sums = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float64, device=dev)
     v_amax = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float32, device=dev)
-    placeholder = out["k_scale"]
     if smooth_k or v_fp8:
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
             k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
