@@ -212,7 +212,7 @@ def quantize_kv_per_head_kernel(
     sv_b, sv_h, sv_n, sv_d,
     kv_heads, kv_len, kv_len_float, kv_len_padded, head_dim, n_blocks,
     BLOCK_N: tl.constexpr, STATS_BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, SMOOTH_K: tl.constexpr,
-    V_FP8: tl.constexpr, STAGES: tl.constexpr,
+    V_FP8: tl.constexpr, STATS_STAGES: tl.constexpr, TILE_STAGES: tl.constexpr,
 ):  # fmt: skip
     """One program per (batch·kv head, K or V): the statistics over all its tokens, then every tile quantized.
 
@@ -229,16 +229,17 @@ def quantize_kv_per_head_kernel(
     if tl.program_id(1) == 0:
         k_mean = tl.zeros([HEAD_DIM], tl.float32)
         if SMOOTH_K:
-            total = k_sum(K, b, h, 0, kv_len, kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, STATS_BLOCK_N, HEAD_DIM, STAGES)
+            total = k_sum(K, b, h, 0, kv_len, kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, STATS_BLOCK_N, HEAD_DIM,
+                          STATS_STAGES)  # fmt: skip
             k_mean = (total / kv_len_float).to(tl.float32)
             tl.store(KMean + bh64 * HEAD_DIM + offs_d, k_mean)
-        for blk in tl.range(0, n_blocks, num_stages=STAGES):
+        for blk in tl.range(0, n_blocks, num_stages=TILE_STAGES):
             rows = blk * BLOCK_N + offs_n
             k = load_rows(K, b, h, rows, rows < kv_len, sk_b, sk_h, sk_n, sk_d, head_dim, HEAD_DIM)
             quantize_k_tile(k, k_mean, KInt8, KScale, bh64, blk, n_blocks, rows, kv_len, HEAD_DIM)
     elif V_FP8:
-        amax = v_amax(V, b, h, 0, kv_len, kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, STATS_BLOCK_N, HEAD_DIM, STAGES)
-        for blk in tl.range(0, n_blocks, num_stages=STAGES):
+        amax = v_amax(V, b, h, 0, kv_len, kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, STATS_BLOCK_N, HEAD_DIM, STATS_STAGES)
+        for blk in tl.range(0, n_blocks, num_stages=TILE_STAGES):
             rows = blk * BLOCK_N + offs_n
             v = load_rows(V, b, h, rows, rows < kv_len, sv_b, sv_h, sv_n, sv_d, head_dim, HEAD_DIM)
             quantize_v_tile(v, amax, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HEAD_DIM)
@@ -264,18 +265,25 @@ STATS_BLOCK_N = 64  # tokens per load in the statistics loop (H200: 64 > 16 > 32
 STATS_STAGES = 3  # loads in flight per statistics program (software-pipelined loop; H200: -8 % at B·H >= 64)
 
 
+def pipeline_stages(tile_bytes):
+    """Loads in flight in a per-head loop: three while they take at most 96 KB of shared memory, else one
+    (fp32 inputs, head_dim 256), so the kernel fits every GPU's shared memory."""
+    return 3 if 3 * tile_bytes <= 96 * 1024 else 1
+
+
 PER_HEAD_MAX_LEN = 2048  # longest head ``quantize_kv_per_head_kernel`` takes (it reads each head twice, from L2)
 
 
 def per_head_pays(k, smooth_k, v_fp8):
     """Whether one program per head and tensor beats the two launches for k [B,Hkv,N,D] (H200, 2026-11-26,
-    docs/results/probes-per-head-quantization-h200-2026-11-26.json): for heads of at most PER_HEAD_MAX_LEN
-    tokens when only K is quantized (the fp16-P·V path: 96-104 against 110-117 µs at hd128 and B·N = 16k, 53
-    against 89-91 at hd64), or when V is too but there are no more programs than SMs (B=1, H=8, N=1k: 56-60
-    against 92-102 µs). With V at many heads it loses (270 against 203 µs: one program per SM transposing V̂ᵀ
-    tiles through shared memory), and from 4k tokens on the second read misses L2."""
-    batch, kv_heads, kv_len, _ = k.shape
-    if kv_len > PER_HEAD_MAX_LEN or not (smooth_k or v_fp8):
+    docs/results/probes-per-head-quantization-h200-2026-11-26.json). Measured for 16-bit inputs and head_dim
+    <= 128, heads of at most PER_HEAD_MAX_LEN tokens: it wins when only K is quantized (the fp16-P·V path:
+    96-104 against 110-117 µs at hd128 and B·N = 16k, 53 against 89-91 at hd64), or with V when there are
+    no more programs than SMs (B=1, H=8, N=1k: 56-60 against 92-102 µs). With V at many heads it loses (270
+    against 203 µs: one program per SM transposing V̂ᵀ tiles through shared memory), and from 4k tokens on
+    the second read misses L2."""
+    batch, kv_heads, kv_len, head_dim = k.shape
+    if kv_len > PER_HEAD_MAX_LEN or head_dim > 128 or k.element_size() > 2 or not (smooth_k or v_fp8):
         return False
     if not v_fp8:
         return True
@@ -318,7 +326,8 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8, per_head=Non
             out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
             *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_blocks,
             BLOCK_N=block_n, STATS_BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8,
-            STAGES=STATS_STAGES,
+            STATS_STAGES=pipeline_stages(STATS_BLOCK_N * head_dim_padded * k.element_size()),
+            TILE_STAGES=pipeline_stages(block_n * head_dim_padded * k.element_size()),
         )  # fmt: skip
         return out
     k_sums = torch.empty(batch * kv_heads, n_chunks, head_dim_padded, dtype=torch.float64, device=dev)
