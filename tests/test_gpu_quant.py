@@ -51,7 +51,7 @@ def test_per_head_equals_two_launches(shape, dtype, mode):
         v[-1, -1, kv_len - 1, head_dim - 1] = float("nan")
     k0, v0 = k.clone(), v.clone()
     dp = head_dim_block(head_dim, INT8_MIN_HEAD_DIM)
-    kwargs = dict(block_n=block_n, head_dim_padded=dp, smooth_k=smooth_k, v_fp8=v_fp8)
+    kwargs = {"block_n": block_n, "head_dim_padded": dp, "smooth_k": smooth_k, "v_fp8": v_fp8}
     one = quantize_kv(k, v, per_head=True, **kwargs)
     two = quantize_kv(k, v, per_head=False, **kwargs)
     torch.cuda.synchronize()

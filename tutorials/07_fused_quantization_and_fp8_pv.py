@@ -81,7 +81,8 @@ print(f"{n} rows, {scale.numel()} tiles: "
 
 # %% [markdown]
 # The project's `sage_fast.triton.quant` does the same for Q (with \(\tfrac{1}{\sqrt d}\log_2 e\) folded in),
-# and for K in two launches: one sums K over tokens for the smoothing mean, one subtracts it and quantizes.
+# and for K in two launches: one sums K over tokens for the smoothing mean, one subtracts it and quantizes (for
+# short heads, one launch whose programs each do both for one head).
 # Its Q codes against `sage_ref`'s:
 
 # %%
@@ -372,12 +373,18 @@ order_probe = json.loads((RESULTS / "probes-operand-order-h200-2026-11-26.json")
 print(order_probe["environment"]["card"] + ", TOPS, two rounds each")
 cases = {"head_dim 128, N = 8192": (8192, 128, False), "  causal": (8192, 128, True),
          "head_dim 128, N = 1024": (1024, 128, False), "head_dim 64, N = 8192": (8192, 64, False)}
+
+
+def pick(name, era, case):
+    """TOPS of one probe (r5: rung 5's kernel, sage: the whole call) in each round, old or new code."""
+    return [r["tops"] for r in order_probe["rows"] if r["name"] == name and r["label"].startswith(era)
+            and (r["N"], r["D"], r["causal"]) == case]
+
+
 print(f"  {'':24s} {'kernel old':>11} {'kernel new':>11} {'call old':>9} {'call new':>9} {'SDPA cuDNN':>11}")
-for label, (n, d, is_causal) in cases.items():
-    def pick(name, era):
-        return [r["tops"] for r in order_probe["rows"] if r["name"] == name and r["label"].startswith(era)
-                and (r["N"], r["D"], r["causal"]) == (n, d, is_causal)]
-    cells = (pick("r5", "old"), pick("r5", "new"), pick("sage", "old"), pick("sage", "new"), pick("cudnn", "new"))
+for label, case in cases.items():
+    cells = (pick("r5", "old", case), pick("r5", "new", case), pick("sage", "old", case),
+             pick("sage", "new", case), pick("cudnn", "new", case))
     print(f"  {label:24s}" + "".join(f" {spread(c):>{w}}" for c, w in zip(cells, (11, 11, 9, 9, 11))))
 #
 # ## Measured on a GPU

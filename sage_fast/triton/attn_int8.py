@@ -31,7 +31,14 @@ import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .common import (
-    bias_base2, finish, key_range, operand_key_order, softmax_step, softmax_step_int, unmasked_range, visible,
+    bias_base2,
+    finish,
+    key_range,
+    operand_key_order,
+    softmax_step,
+    softmax_step_int,
+    unmasked_range,
+    visible,
 )
 from .launch import attention_grid, lse_buffer, strides
 
