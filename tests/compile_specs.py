@@ -11,7 +11,8 @@ does not software-pipeline the K/V loads, and the build (its shared memory, its 
 one that runs; and a hand-written signature goes stale when a kernel's arguments change.
 
 A case is {"rung": RUNGS name, "head_dim": int, "is_causal": bool, "archs": [80, ...], "seq": 256}: fp16
-q, k, v [2, 2, seq, head_dim]. Launches that specialize identically (rungs 2 and 3 share their attention
+q, k, v [2, 2, seq, head_dim] (optional "dtype": a torch dtype's name; "per_head": forces how K and V are
+quantized, ``quant.quantize_kv(per_head=...)``). Launches that specialize identically (rungs 2 and 3 share their attention
 kernel; quantization ignores causality) are built once. Writes ``OUT_DIR/<stem>.ptx`` and ``.ttgir`` per
 build and ``OUT_DIR/index.json``: one record per (case, arch, launch) with the kernel's name, its
 constexprs, the launch options, its ``stem`` and shared memory or, for a build that failed, the error.
@@ -42,15 +43,20 @@ def case_id(case: dict) -> str:
     """``4-fp8-pv-d128-causal`` for {"rung": "4-fp8-pv", "head_dim": 128, "is_causal": True, ...}."""
     tail = "-causal" if case["is_causal"] else ""
     seq = "" if case.get("seq", 256) == 256 else f"-n{case['seq']}"
-    return f"{case['rung']}-d{case['head_dim']}{seq}{tail}"
+    dtype = "" if case.get("dtype", "float16") == "float16" else f"-{case['dtype']}"
+    per_head = "" if case.get("per_head") is None else f"-per-head{int(case['per_head'])}"
+    return f"{case['rung']}-d{case['head_dim']}{seq}{dtype}{per_head}{tail}"
 
 
 def record_launches(case: dict) -> list[tuple]:
-    """The (kernel, args, kwargs) of every launch ``rung.forward`` makes for ``case``, on CPU tensors."""
+    """The (kernel, args, kwargs) of every launch ``rung.forward`` makes for ``case``, on CPU tensors (of
+    ``case["dtype"]``, fp16 by default; ``case["per_head"]``, if given, forces ``quantize_kv``'s choice)."""
+    import functools
+
     import torch
     from triton.runtime.jit import JITFunction
 
-    from sage_fast.triton import RUNGS
+    from sage_fast.triton import RUNGS, quant, rung3_fused_quant
 
     launches = []
 
@@ -60,13 +66,17 @@ def record_launches(case: dict) -> list[tuple]:
     rung = next(r for r in RUNGS if r.name == case["rung"])
     batch, heads, seq, head_dim = 2, 2, case.get("seq", 256), case["head_dim"]
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen).half() for _ in range(3))
+    dtype = getattr(torch, case.get("dtype", "float16"))
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, generator=gen).to(dtype) for _ in range(3))
     original = JITFunction.run
     JITFunction.run = record
+    if case.get("per_head") is not None:
+        rung3_fused_quant.quantize_kv = functools.partial(quant.quantize_kv, per_head=case["per_head"])
     try:
         rung.forward(q, k, v, is_causal=case["is_causal"], return_lse=True)
     finally:
         JITFunction.run = original
+        rung3_fused_quant.quantize_kv = quant.quantize_kv
     return launches
 
 
