@@ -4,7 +4,8 @@ Both validate and normalise their arguments in Python (layouts become strided vi
 and then call one ``torch.library`` custom op, ``sage_fast::sageattn``, whose fake implementation
 gives the output's shape, dtype and strides. So ``torch.compile(fullgraph=True)`` traces a call
 without a graph break, and the Triton launches inside the op are opaque to it (and capturable by
-CUDA graphs: no host synchronisation, no data-dependent shapes).
+CUDA graphs: no host synchronisation, no data-dependent shapes). A plain eager call, where nothing traces,
+records or intercepts it, runs the op's implementation directly (``call_op``): same code, half the host time.
 
 The op runs the fused pipeline of rung 3 (``pv="fp16"``; rung 7, its Gluon twin, on sm90 at head_dim
 65-128 without a mask) or rung 5 (``pv="fp8"``) of the Triton ladder, or, as
@@ -53,8 +54,7 @@ def reference_forward(q, k, v, *, is_causal, sm_scale, smooth_k, pv, attn_mask, 
     )  # fmt: skip
 
 
-@torch.library.custom_op("sage_fast::sageattn", mutates_args=())
-def sageattn_op(
+def sageattn_impl(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -89,10 +89,38 @@ def sageattn_op(
     return out, lse
 
 
+sageattn_op = torch.library.custom_op("sage_fast::sageattn", mutates_args=())(sageattn_impl)
+
+
 @sageattn_op.register_fake
 def _(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend):
     lse_shape = q.shape[:3] if return_lse else (0,)
     return torch.empty_like(q), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+def needs_dispatch(tensors) -> bool:
+    """Whether a call must go through torch's dispatcher as the custom op, not straight to ``sageattn_impl``: under
+    torch.compile's tracing, a dispatch or function mode (fake tensors, FLOP counters, ``with torch.device``),
+    for tensor subclasses, or when autograd would record the call (the op's missing backward raises where a
+    direct call would return an output silently cut from the graph)."""
+    return (
+        torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+        or any(type(t) is not torch.Tensor for t in tensors)
+        or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
+def call_op(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend):
+    """``torch.ops.sage_fast.sageattn``, or in a plain eager call its implementation directly: the same function,
+    without the dispatcher, whose wrapper around the implementation (dynamo's ``disable``) makes every Python frame
+    of the launches slower: 440 against 210 µs of host time per call at B=1, H=32, N=1k (H200, docs/notes.md),
+    where the GPU needs ≈ 50."""
+    tensors = (q, k, v) if attn_mask is None else (q, k, v, attn_mask)
+    if needs_dispatch(tensors):
+        return torch.ops.sage_fast.sageattn(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend)
+    return sageattn_impl(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend)
 
 
 def kernels_available(device: torch.device) -> bool:
@@ -250,7 +278,7 @@ def sageattn(
         raise TypeError(f"q has dtype {q.dtype}; float64 is only for implementation='reference'")
     pv = "fp16" if backend == "numba" else resolve_pv(pv, q.device, backend)
 
-    out, lse = torch.ops.sage_fast.sageattn(q, k, v, attn_mask, is_causal, scale, smooth_k, pv, return_lse, backend)
+    out, lse = call_op(q, k, v, attn_mask, is_causal, scale, smooth_k, pv, return_lse, backend)
     if tensor_layout == "NHD":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out

@@ -27,6 +27,7 @@ from attention_bounds import (
 )
 from hypothesis import example, given
 from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import sage_fast
 import sage_fast.api
@@ -320,6 +321,39 @@ def test_torch_compile_fullgraph_matches_eager(compile_backend):
     out, lse = compiled(q, k, v, mask)
     expected, expected_lse = attend(q, k, v, mask)
     assert torch.equal(out, expected) and torch.equal(lse, expected_lse)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every op that reaches the dispatcher inside the ``with`` block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_calls_skip_the_dispatcher_only_where_nothing_watches():
+    """A plain eager call runs the op's implementation directly (host time: the dispatcher's wrapper slowed every
+    Python frame); under a dispatch mode, a function mode or a recording autograd the op is dispatched as one op,
+    and both ways give the same bits."""
+    q, k, v, mask = small_inputs()
+    assert not sage_fast.api.needs_dispatch((q, k, v, mask))
+    assert sage_fast.api.needs_dispatch((q.float().requires_grad_(), k, v))
+    with torch.no_grad():
+        assert not sage_fast.api.needs_dispatch((q.float().requires_grad_(), k, v))
+    direct = sage_fast.sageattn(q, k, v, tensor_layout="NHD", attn_mask=mask, implementation="triton")
+    with torch.device("cpu"):
+        assert sage_fast.api.needs_dispatch((q, k, v))
+        dispatched = sage_fast.sageattn(q, k, v, tensor_layout="NHD", attn_mask=mask, implementation="triton")
+    assert torch.equal(dispatched, direct)
+    with OpRecorder() as recorder:
+        assert sage_fast.api.needs_dispatch((q, k, v))
+        watched = sage_fast.sageattn(q, k, v, tensor_layout="NHD", attn_mask=mask, implementation="triton")
+    assert "sage_fast.sageattn.default" in recorder.ops and not any("empty" in op for op in recorder.ops)
+    assert torch.equal(watched, direct)
 
 
 def test_docstring_examples_run():
