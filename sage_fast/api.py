@@ -5,7 +5,7 @@ and then call one ``torch.library`` custom op, ``sage_fast::sageattn``, whose fa
 gives the output's shape, dtype and strides. So ``torch.compile(fullgraph=True)`` traces a call
 without a graph break, and the Triton launches inside the op are opaque to it (and capturable by
 CUDA graphs: no host synchronisation, no data-dependent shapes). A plain eager call, where nothing traces,
-records or intercepts it, runs the op's implementation directly (``call_op``): same code, half the host time.
+records or intercepts it, runs the op's implementation directly (``call_op``): same code, less host time.
 
 The op runs the fused pipeline of rung 3 (``pv="fp16"``; rung 7, its Gluon twin, on sm90 at head_dim
 65-128 without a mask) or rung 5 (``pv="fp8"``) of the Triton ladder, or, as
