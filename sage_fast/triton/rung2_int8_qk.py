@@ -24,8 +24,11 @@ from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 
 # Tile = quantization block. 64x128 with 4 warps and 2 stages was the fastest fp16-P·V shape in the
 # second H200 sweep (docs/notes.md: 552 TOPS kernel-only at hd128, N=8k, against 504 for 128x64 with
-# 3 stages, the first sweep's choice), at the same accuracy.
-TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=2)
+# 3 stages, the first sweep's choice), at the same accuracy. At head_dim 256 four warps hold a [64, 256] fp32
+# accumulator and a [64, 128] score tile per warpgroup: 255 registers and 1-1.7 KB of spills per thread (sm80-sm90
+# builds); eight warps split both along the columns and do not spill (one program per SM either way: shared memory):
+# the same bits, kernel alone +29-45 % (H200: 361 against 280 TOPS at N=4k, 312 against 215 at 1k; docs/notes.md).
+TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=2, head_dim_warps=((256, 8),))
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
@@ -50,5 +53,5 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
         F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
         F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
         out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
-        num_warps=TILES.num_warps, num_stages=TILES.num_stages, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        num_warps=TILES.warps(head_dim + pad), num_stages=TILES.num_stages, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip

@@ -22,7 +22,8 @@ from .rung3_fused_quant import forward_for
 # 4 warps was the fastest fp8-P·V shape in the H200 sweep (docs/notes.md: 654 TOPS kernel-only at
 # hd128, N=8k, against 506 for the first run's 128x64 with 8 warps). At head_dim <= 64, 128 registers
 # per thread (the compiler takes 167-214) fit four programs per SM instead of two or three: 525 TOPS
-# kernel-only against 452 (H200, hd64, N=8k); at hd128 no cap helped (each spills or loses).
+# kernel-only against 452 (H200, hd64, N=8k); at hd128 no cap helped (each spills or loses). At head_dim 256 four
+# warps spill (rung 5: 584 B per thread), yet eight, which do not, ran 2-8 % slower (H200, rung 5): four stay.
 TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=3, register_caps=((32, 128), (64, 128)))
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
