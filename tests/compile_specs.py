@@ -12,7 +12,8 @@ one that runs; and a hand-written signature goes stale when a kernel's arguments
 
 A case is {"rung": RUNGS name, "head_dim": int, "is_causal": bool, "archs": [80, ...], "seq": 256}: fp16
 q, k, v [2, 2, seq, head_dim] (optional "dtype": a torch dtype's name; "per_head": forces how K and V are
-quantized, ``quant.quantize_kv(per_head=...)``). Launches that specialize identically (rungs 2 and 3 share their attention
+quantized, ``quant.quantize_kv(per_head=...)``; "return_lse": False builds the call without the log-sum-exp,
+the kernel most calls run, which the compiler may allocate differently; True by default). Launches that specialize identically (rungs 2 and 3 share their attention
 kernel; quantization ignores causality) are built once. Writes ``OUT_DIR/<stem>.ptx`` and ``.ttgir`` per
 build and ``OUT_DIR/index.json``: one record per (case, arch, launch) with the kernel's name, its
 constexprs, the launch options, its ``stem`` and shared memory or, for a build that failed, the error.
@@ -45,7 +46,8 @@ def case_id(case: dict) -> str:
     seq = "" if case.get("seq", 256) == 256 else f"-n{case['seq']}"
     dtype = "" if case.get("dtype", "float16") == "float16" else f"-{case['dtype']}"
     per_head = "" if case.get("per_head") is None else f"-per-head{int(case['per_head'])}"
-    return f"{case['rung']}-d{case['head_dim']}{seq}{dtype}{per_head}{tail}"
+    no_lse = "" if case.get("return_lse", True) else "-no-lse"
+    return f"{case['rung']}-d{case['head_dim']}{seq}{dtype}{per_head}{no_lse}{tail}"
 
 
 def record_launches(case: dict) -> list[tuple]:
@@ -73,7 +75,7 @@ def record_launches(case: dict) -> list[tuple]:
     if case.get("per_head") is not None:
         rung3_fused_quant.quantize_kv = functools.partial(quant.quantize_kv, per_head=case["per_head"])
     try:
-        rung.forward(q, k, v, is_causal=case["is_causal"], return_lse=True)
+        rung.forward(q, k, v, is_causal=case["is_causal"], return_lse=case.get("return_lse", True))
     finally:
         JITFunction.run = original
         rung3_fused_quant.quantize_kv = quant.quantize_kv

@@ -45,6 +45,11 @@ HERE = Path(__file__).parent
 
 HEAD_DIMS = (64, 128)
 
+# Programs of 4 warps that share an sm90 SM (65536 registers, 227 KB of shared memory) at the tiles' register caps:
+# (rung, head_dim) -> programs. The kernels are latency-bound, so a program per SM fewer costs 10-25 %: without its
+# cap the compiler gave rung 3's causal head_dim-64 build 177 registers (two programs; its non-causal build 167).
+PROGRAMS_PER_SM = {("2-int8-qk", 64): 3, ("3-fused-quant", 64): 3, ("5-tma", 64): 4, ("5-tma", 128): 3}
+
 
 def claimed(rung) -> list[int]:
     return [arch for arch in ARCHS if arch >= rung.min_arch]
@@ -65,6 +70,10 @@ CASES = [
      "archs": [89, 90]},
 ] + [  # head_dim 256 with a mask on every path (causal): the attention kernel's largest register need
     {"rung": "2-int8-qk", "head_dim": 256, "is_causal": True, "archs": [90]},
+] + [  # the call most users make (no log-sum-exp) on the GPU the tiles were tuned for: see test_programs_per_sm
+    {"rung": rung, "head_dim": head_dim, "is_causal": causal, "return_lse": False, "archs": [90]}
+    for (rung, head_dim) in PROGRAMS_PER_SM
+    for causal in (False, True)
 ]
 # The highest arch below each rung's min_arch, once: it must not build. Not for the Gluon rungs (6, 7): their
 # lowering for sm89 does not fail with an error but aborts the compiling process ("LLVM ERROR: Cannot select:
@@ -304,6 +313,25 @@ def test_head_dim_256_does_not_spill(builds, case, arch):
     build = attention_build(builds, case, arch)
     usage = ptxas_usage(build.ptx, arch)
     assert usage["spill_stores"] == 0, f"{build}: {usage['n_regs']} registers, {usage['spill_stores']} B spilled"
+
+
+@pytest.mark.parametrize(
+    "case, arch",
+    [p for p in claimed_builds() if (p.values[0]["rung"], p.values[0]["head_dim"]) in PROGRAMS_PER_SM
+     and p.values[1] == 90 and p.values[0].get("seq", 256) == 256],
+)  # fmt: skip
+def test_programs_per_sm(builds, case, arch):
+    from compile_specs import ptxas_usage
+
+    build = attention_build(builds, case, arch)
+    usage = ptxas_usage(build.ptx, arch)
+    threads = 32 * build.record["options"]["num_warps"]
+    programs = min(65536 // (usage["n_regs"] * threads), SMEM_LIMIT[arch] // build.record["shared"])
+    want = PROGRAMS_PER_SM[case["rung"], case["head_dim"]]
+    assert programs >= want, (
+        f"{build}: {usage['n_regs']} registers, {build.record['shared']} B shared: {programs} per SM"
+    )
+    assert usage["spill_stores"] == 0, f"{build}: {usage['spill_stores']} B spilled"
 
 
 # Rungs 4 and 5 hand P to the fp8 P·V wgmma in registers. V̂ᵀ's keys are stored in the order of the

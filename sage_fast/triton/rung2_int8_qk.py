@@ -28,7 +28,13 @@ from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 # accumulator and a [64, 128] score tile per warpgroup: 255 registers and 1-1.7 KB of spills per thread (sm80-sm90
 # builds); eight warps split both along the columns and do not spill (one program per SM either way: shared memory):
 # the same bits, kernel alone +29-45 % (H200: 361 against 280 TOPS at N=4k, 312 against 215 at 1k; docs/notes.md).
-TILES = Tiles(block_m=64, block_n=128, num_warps=4, num_stages=2, head_dim_warps=((256, 8),))
+# At head_dim 64 the sm90 build takes 167 registers without a causal mask but 177 with one (since the tree row max;
+# 168 before): two programs per SM instead of three, and the causal kernel ran 10-22 % slower (H200). Capped at 168,
+# both fit three, with the same bits and no spills (causal +10-25 %, non-causal unchanged; docs/notes.md). The
+# sm80/sm89 builds (191-204 registers uncapped) spill 16-64 bytes per thread under the cap: not measured there.
+TILES = Tiles(
+    block_m=64, block_n=128, num_warps=4, num_stages=2, register_caps=((64, 168),), head_dim_warps=((256, 8),)
+)
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
@@ -53,5 +59,6 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
         F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
         F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
         out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
-        num_warps=TILES.warps(head_dim + pad), num_stages=TILES.num_stages, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        num_warps=TILES.warps(head_dim + pad), num_stages=TILES.num_stages, maxnreg=TILES.maxnreg(head_dim + pad),
+        shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip
