@@ -117,7 +117,7 @@ for n in (1024, 8192, 32768):
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26-operand-order.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-27.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, torch {env['torch']}, {env['date']}:")
 print("SDPA cuDNN, 32 heads, head_dim 128, non-causal")

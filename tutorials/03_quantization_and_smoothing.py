@@ -141,7 +141,7 @@ for pv in ("fp32", "fp16", "fp8", "int8"):
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26-operand-order.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-27.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("TOPS, 32 heads, head_dim 128, non-causal")

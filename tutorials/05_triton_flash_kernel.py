@@ -153,7 +153,7 @@ assert err_rung <= 2 * err_ref
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26-operand-order.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-27.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
 print("TFLOPS, N = 8192, 32 heads")

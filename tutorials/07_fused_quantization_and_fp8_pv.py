@@ -394,7 +394,7 @@ for label, case in cases.items():
 
 # %%
 breakdown = json.loads(
-    (RESULTS / "breakdown-h200-2026-11-26-operand-order.json").read_text()
+    (RESULTS / "breakdown-h200-2026-11-27.json").read_text()
 )
 env = breakdown["environment"]
 print(f"{env['card']}, triton {env['triton']}, {env['date']}:")
@@ -415,7 +415,7 @@ print(f"  quantization's share of the call: {share[1024]:.0%} at N = 1024, "
 # tutorial 03):
 
 # %%
-bench = json.loads((RESULTS / "bench-h200-2026-11-26-operand-order.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-27.json").read_text())
 rows = [r for r in bench["rows"] if r["head_dim"] == 128 and not r["causal"]]
 tops = {(r["name"], r["n"]): r["tops"] for r in rows}
 names = {"sdpa-cudnn": "SDPA cuDNN", "sageattention-1.0.6": "1.0.6",
@@ -428,6 +428,6 @@ for n in (1024, 4096, 8192, 32768):
 
 # %% [markdown]
 # `sageattn fp8` is rung 5 measured a second time: the two columns differ by the run-to-run spread of a single
-# measurement, a few percent. At short sequences the quantization launches are a large share of the call and
+# measurement, up to 7 % in this run. At short sequences the quantization launches are a large share of the call and
 # SDPA wins; from \(N \approx 4\text{k}\) on, fp8 P·V makes the whole call faster than PyTorch's cuDNN attention,
 # at the accuracy cost measured above; the fp16 path, `sageattn(pv="fp16")`, is the accurate one.

@@ -195,7 +195,7 @@ assert agree > 0.95 and sage_hf.counts("sage").fallback_calls == 0
 
 # %%
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-bench = json.loads((RESULTS / "bench-h200-2026-11-26-operand-order.json").read_text())
+bench = json.loads((RESULTS / "bench-h200-2026-11-27.json").read_text())
 env = bench["environment"]
 print(f"{env['card']}, torch {env['torch']}, triton {env['triton']}, {env['date']}:")
 print("causal, 32 heads")
@@ -208,7 +208,7 @@ for n in (1024, 4096, 8192, 16384, 32768):
     print(f"  {n:5d}  " + "  ".join(f"{r:9.2f}×" for r in ratios))
 
 # %% [markdown]
-# The fp8 path breaks even at about 4k tokens (head_dim 64 and 128 alike) and gains 29–35% by 32k; below that,
+# The fp8 path breaks even at about 4k tokens (head_dim 64 and 128 alike) and gains 27–38% by 32k; below that,
 # the quantization launches cost more than 8-bit arithmetic saves, and torch's SDPA is the better choice. The fp16
-# path (rung 7 at head_dim 128) draws level with cuDNN at 8k and gains 13% by 32k: it is the accurate path, and
+# path (rung 7 at head_dim 128) draws level with cuDNN at 8k and gains 15% by 32k: it is the accurate path, and
 # the one for GPUs without fp8 tensor cores.

@@ -1,23 +1,23 @@
 """The Triton ladder: from a fused fp16 FlashAttention kernel to SageAttention2's INT8/FP8 kernel.
 
 ``RUNGS`` lists the rungs in order; each names the ``sage_ref`` variant it must equal,
-and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H200, 2026-11-26,
-docs/results/bench-h200-2026-11-26-operand-order.json; SDPA-cuDNN 578 TOPS, sageattention 1.0.6 410):
+and the tests iterate over it. Whole calls at head_dim 128, N = 8k, B·N = 16k, H = 32 (NVIDIA H200, 2026-11-27,
+docs/results/bench-h200-2026-11-27.json; SDPA-cuDNN 565 TOPS, sageattention 1.0.6 410):
 
 | rung | TOPS | what it adds |
 |---|---|---|
-| 1 flash fp16 | 421 | tiles, online softmax in base 2 (FlashAttention) |
-| 2 int8 Q·Kᵀ | 278 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
-| 3 fused quantization | 534 | smoothing + quantization in Triton launches (``pv="fp16"`` off sm90) |
-| 4 fp8 P·V | 695 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2), P's keys in operand order |
-| 5 TMA | 722 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
-| 6 Gluon, FA3 layout | 667 | producer warp + two consumer warpgroups, softmax overlapping P·V (Gluon, sm90) |
-| 7 Gluon, fp16 P·V | 639 | rung 6's schedule for rung 3's arithmetic (``pv="fp16"`` on sm90, head_dim 65-128) |
+| 1 flash fp16 | 415 | tiles, online softmax in base 2 (FlashAttention) |
+| 2 int8 Q·Kᵀ | 273 | INT8 Q·Kᵀ; quantization in PyTorch on the host, most of the call |
+| 3 fused quantization | 547 | smoothing + quantization in Triton launches (``pv="fp16"`` off sm90) |
+| 4 fp8 P·V | 664 | FP8 e4m3 P·V, two-level fp32 accumulation (SageAttention2), P's keys in operand order |
+| 5 TMA | 704 | K̂/V̂ᵀ through tensor descriptors: 3 programs per SM (``pv="fp8"``) |
+| 6 Gluon, FA3 layout | 666 | producer warp + two consumer warpgroups, softmax overlapping P·V (Gluon, sm90) |
+| 7 Gluon, fp16 P·V | 632 | rung 6's schedule for rung 3's arithmetic (``pv="fp16"`` on sm90, head_dim 65-128) |
 
-Single numbers carry ±5 % (``sageattn``, same run: fp8 758, fp16 640). Rung 5 leads rung 6 since P reaches
-its fp8 operand without shuffles (rung 6 keeps P̂ in shared memory, so the renaming does not help it), so
-``sageattn`` runs rung 5 for fp8; rung 7 beats rung 3 at head_dim 128 (+20 % at 8k, +26 % at 32k) and loses
-at head_dim 64, hence its place (docs/notes.md).
+Single numbers carry ±5-8 % (``sageattn``, same run: fp8 751 on rung 5's kernel, fp16 618). Rung 5 leads rung 6
+(N = 32k: 809 against 752) since P reaches its fp8 operand without shuffles (rung 6 keeps P̂ in shared memory, so the
+renaming does not help it), so ``sageattn`` runs rung 5 for fp8; rung 7 beats rung 3 at head_dim 128 (+16 % at 8k,
++21 % at 32k) and loses at head_dim 64, hence its place (docs/notes.md).
 """
 
 from dataclasses import dataclass
