@@ -13,7 +13,8 @@ one that runs; and a hand-written signature goes stale when a kernel's arguments
 A case is {"rung": RUNGS name, "head_dim": int, "is_causal": bool, "archs": [80, ...], "seq": 256}: fp16
 q, k, v [2, 2, seq, head_dim] (optional "dtype": a torch dtype's name; "per_head": forces how K and V are
 quantized, ``quant.quantize_kv(per_head=...)``; "return_lse": False builds the call without the log-sum-exp,
-the kernel most calls run, which the compiler may allocate differently; True by default). Launches that specialize identically (rungs 2 and 3 share their attention
+the kernel most calls run, which the compiler may allocate differently; True by default; "mask": "row" passes a
+key-padding mask [2, 1, 1, seq], "full" a per-query one [2, 2, seq, seq]). Launches that specialize identically (rungs 2 and 3 share their attention
 kernel; quantization ignores causality) are built once. Writes ``OUT_DIR/<stem>.ptx`` and ``.ttgir`` per
 build and ``OUT_DIR/index.json``: one record per (case, arch, launch) with the kernel's name, its
 constexprs, the launch options, its ``stem`` and shared memory or, for a build that failed, the error.
@@ -47,7 +48,8 @@ def case_id(case: dict) -> str:
     dtype = "" if case.get("dtype", "float16") == "float16" else f"-{case['dtype']}"
     per_head = "" if case.get("per_head") is None else f"-per-head{int(case['per_head'])}"
     no_lse = "" if case.get("return_lse", True) else "-no-lse"
-    return f"{case['rung']}-d{case['head_dim']}{seq}{dtype}{per_head}{no_lse}{tail}"
+    mask = f"-{case['mask']}-mask" if case.get("mask") else ""
+    return f"{case['rung']}-d{case['head_dim']}{seq}{dtype}{per_head}{no_lse}{mask}{tail}"
 
 
 def record_launches(case: dict) -> list[tuple]:
@@ -75,7 +77,9 @@ def record_launches(case: dict) -> list[tuple]:
     if case.get("per_head") is not None:
         rung3_fused_quant.quantize_kv = functools.partial(quant.quantize_kv, per_head=case["per_head"])
     try:
-        rung.forward(q, k, v, is_causal=case["is_causal"], return_lse=case.get("return_lse", True))
+        masks = {"row": (batch, 1, 1, seq), "full": (batch, heads, seq, seq)}
+        mask = {"attn_mask": torch.ones(masks[case["mask"]], dtype=torch.bool)} if case.get("mask") else {}
+        rung.forward(q, k, v, is_causal=case["is_causal"], return_lse=case.get("return_lse", True), **mask)
     finally:
         JITFunction.run = original
         rung3_fused_quant.quantize_kv = quant.quantize_kv

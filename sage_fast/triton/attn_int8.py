@@ -227,6 +227,11 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal
         # Each pipeline stage also buffers a [block_m, block_n] mask tile; beside 256-wide K and V
         # tiles, three stages overflow Hopper's 227 KiB of shared memory.
         num_stages = min(num_stages, 2)
+    if bias_mode == FULL_BIAS and head_dim_padded >= 128:
+        # A register cap buys a third program per SM; with a mask tile per stage beside 128-wide K̂ and V̂ᵀ tiles
+        # (rung 5: 91 KB) shared memory allows two anyway, and the capped build spilled 600-750 bytes per thread:
+        # uncapped, +15-23 % (H200, docs/notes.md). At head_dim 64 the caps still pay with a mask.
+        maxnreg = None
     if tma:
         if not pv_fp8:
             raise ValueError("tma=True needs the fp8 P·V layout (v_scale and V̂ᵀ): fp16 P·V reads V with any strides")
