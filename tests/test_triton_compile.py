@@ -68,6 +68,11 @@ CASES = [
      "archs": [80, 90]},
     {"rung": "5-tma", "head_dim": 256, "is_causal": False, "seq": 300, "dtype": "float32", "per_head": True,
      "archs": [89, 90]},
+    # ... and so must the two K/V launches (the statistics loop's three stages took 131 KB for fp32, over sm89's 99)
+    {"rung": "3-fused-quant", "head_dim": 256, "is_causal": False, "seq": 300, "dtype": "float32", "per_head": False,
+     "archs": [80, 90]},
+    {"rung": "5-tma", "head_dim": 256, "is_causal": False, "seq": 300, "dtype": "float32", "per_head": False,
+     "archs": [89, 90]},
 ] + [  # head_dim 256 with a mask on every path (causal): the attention kernel's largest register need
     {"rung": "2-int8-qk", "head_dim": 256, "is_causal": True, "archs": [90]},
 ] + [  # the call most users make (no log-sum-exp) on the GPU the tiles were tuned for: see test_programs_per_sm
@@ -335,6 +340,24 @@ def test_programs_per_sm(builds, case, arch):
         f"{build}: {usage['n_regs']} registers, {build.record['shared']} B shared: {programs} per SM"
     )
     assert usage["spill_stores"] == 0, f"{build}: {usage['spill_stores']} B spilled"
+
+
+# The two K/V launches at head_dim 256 hold [64 or 128, 256] tiles (the statistics as fp64 sums): with four warps
+# they took 255 registers and spilled 444-888 bytes per thread on sm90; they run eight there (quant.kv_warps).
+@pytest.mark.parametrize(
+    "case, arch",
+    [p for p in claimed_builds() if p.values[0]["head_dim"] == 256 and p.values[0].get("per_head") is False
+     and p.values[1] == 90],
+)  # fmt: skip
+def test_kv_launches_at_head_dim_256_do_not_spill(builds, case, arch):
+    from compile_specs import ptxas_usage
+
+    kv_kernels = ("kv_stats_kernel", "quantize_kv_kernel")
+    kv_launches = [b for b in builds[case_id(case), arch] if b.record["kernel"] in kv_kernels]
+    assert len(kv_launches) == 2, [str(b) for b in builds[case_id(case), arch]]
+    for build in kv_launches:
+        usage = ptxas_usage(build.ptx, arch)
+        assert usage["spill_stores"] == 0, f"{build}: {usage['n_regs']} registers, {usage['spill_stores']} B spilled"
 
 
 # With a per-query mask rung 5's head_dim-128 program needs 91 KB of shared memory (a mask tile per stage), so two

@@ -16,9 +16,12 @@ Rounding is round-half-away-from-zero via trunc(x ± 0.5); each tile or channel 
 ``sage_ref.quantization`` computes it.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.compiler.compiler import max_shared_mem
 
 from .common import nan_poisoned, operand_key_order
 from .launch import LOG2E, strides
@@ -263,12 +266,33 @@ def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1
 STATS_CHUNK = 2048  # tokens per statistics program: enough programs to fill the GPU, few partials to combine
 STATS_BLOCK_N = 64  # tokens per load in the statistics loop (H200: 64 > 16 > 32, docs/notes.md)
 STATS_STAGES = 3  # loads in flight per statistics program (software-pipelined loop; H200: -8 % at B·H >= 64)
+SMALLEST_SHARED_MEMORY = 99 * 1024  # sm89's limit per program: the smallest of the GPUs the kernels target
+
+
+@functools.cache
+def shared_memory_per_program(device_index):
+    """The shared memory one program may use on CUDA device ``device_index`` (None: no GPU, e.g. the
+    interpreter or a compile test: the smallest limit of the GPUs the kernels target)."""
+    return SMALLEST_SHARED_MEMORY if device_index is None else max_shared_mem(device_index)
+
+
+def statistics_stages(tile_bytes, device):
+    """STATS_STAGES where the loads they keep in flight (STATS_STAGES - 1 tiles) fit ``device``'s shared memory,
+    else one: fp32 inputs at head_dim 256 need 131 KB for three, more than sm89's 99 KB (an H200 has 227)."""
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
+    return STATS_STAGES if (STATS_STAGES - 1) * tile_bytes <= shared_memory_per_program(index) else 1
 
 
 def pipeline_stages(tile_bytes):
     """Loads in flight in a per-head loop: three while they take at most 96 KB of shared memory, else one
     (fp32 inputs, head_dim 256), so the kernel fits every GPU's shared memory."""
     return 3 if 3 * tile_bytes <= 96 * 1024 else 1
+
+
+def kv_warps(head_dim_padded):
+    """Warps of the two K/V launches: eight at head_dim 256, where four spilled (their [64 or 128, 256] tiles, the
+    statistics' fp64 sums: 255 registers and 444-888 bytes of local memory per thread on sm90), else four."""
+    return 8 if head_dim_padded >= 256 else 4
 
 
 PER_HEAD_MAX_LEN = 2048  # longest head ``quantize_kv_per_head_kernel`` takes (it reads each head twice, from L2)
@@ -335,12 +359,13 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8, per_head=Non
     if smooth_k or v_fp8:
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
             k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
-            CHUNK=STATS_CHUNK, BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, STAGES=STATS_STAGES,
+            CHUNK=STATS_CHUNK, BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
+            STAGES=statistics_stages(STATS_BLOCK_N * head_dim_padded * k.element_size(), dev), num_warps=kv_warps(head_dim_padded),
         )  # fmt: skip
     quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
         k, v, k_sums, v_amax, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
         out["v_fp8_t"] if v_fp8 else placeholder, out["v_scale"] if v_fp8 else placeholder,
         *strides(k), *strides(v), kv_heads, kv_len, float(kv_len), kv_len_padded, head_dim, n_chunks,
-        BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8,
+        BLOCK_N=block_n, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k, V_FP8=v_fp8, num_warps=kv_warps(head_dim_padded),
     )  # fmt: skip
     return out
