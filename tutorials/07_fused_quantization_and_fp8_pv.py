@@ -386,6 +386,45 @@ for label, case in cases.items():
     cells = (pick("r5", "old", case), pick("r5", "new", case), pick("sage", "old", case),
              pick("sage", "new", case), pick("cudnn", "new", case))
     print(f"  {label:24s}" + "".join(f" {spread(c):>{w}}" for c, w in zip(cells, (11, 11, 9, 9, 11))))
+
+# %% [markdown]
+# ## A register cliff
+#
+# Programs per SM come in whole numbers, so registers count in steps: an SM's 65536 registers hold three programs
+# of 128 threads at up to 168 registers per thread (they are handed out in steps of eight), two above that. A later
+# change to the row maximum (a tree of halvings, `sage_fast.triton.common.row_max`: the same bits, a shorter chain)
+# took rung 3's non-causal build at head_dim 64 from 198 registers down to 167, but its causal build, same source,
+# from 168 up to 177. The change was measured on the non-causal kernel only; the next full benchmark showed the
+# causal one 11-22 % slower. ncu on the causal kernel before and after, same inputs and same output bits:
+
+# %%
+cliff = {"168 registers": ncu_report("ncu-rung3-causal-d64-3be23e3-h200-2026-11-27.txt"),
+         "177 registers": ncu_report("ncu-rung3-causal-d64-a04f1ea-h200-2026-11-27.txt")}
+for metric, label in (("Registers Per Thread", "registers per thread"),
+                      ("Block Limit Registers", "programs per SM, register limit"),
+                      ("Issued Warp Per Scheduler", "instructions per scheduler-cycle"),
+                      ("Duration", "kernel time under ncu, us")):
+    print(f"  {label:36s}" + "".join(f"{report[metric]:>15}" for report in cliff.values()))
+
+# %% [markdown]
+# A cap on the registers (`maxnreg`, the launch option `Tiles.register_caps` feeds) puts the third program back
+# if the compiler can fit the kernel without spilling to memory; here it could. The kernel alone, capped or not
+# (the same bits either way):
+
+# %%
+capped = json.loads((RESULTS / "probes-causal-register-cap-h200-2026-11-27.json").read_text())["rows"]
+print(f"TOPS, rung 3's kernel, head_dim 64   {'no cap':>9} {'cap 168':>9}")
+for batch, n, is_causal in ((16, 1024, True), (4, 4096, True), (1, 16384, True), (4, 4096, False)):
+    cells = [[r["tops"] for r in capped if r.get("name") == name and (r["B"], r["N"], r["D"], r["causal"])
+              == (batch, n, 64, is_causal)] for name in ("asis", "cap168")]
+    label = f"N = {n:5d}" + (", causal" if is_causal else "")
+    print(f"  {label:34s}" + "".join(f" {spread(c):>9}" for c in cells))
+
+# %% [markdown]
+# The cap is in `rung2_int8_qk.TILES`, and `tests/test_triton_compile.py::test_programs_per_sm` compiles the
+# kernels for sm90 on the CPU, reads their registers and shared memory from ptxas and fails when a build drops a
+# program per SM. It could not have caught this before: the compile tests built every kernel with the log-sum-exp
+# output, and that build kept 168 registers; only the default call's build took 177.
 #
 # ## Measured on a GPU
 #
