@@ -279,7 +279,9 @@ def shared_memory_per_program(device_index):
 def statistics_stages(tile_bytes, device):
     """STATS_STAGES where the loads they keep in flight (STATS_STAGES - 1 tiles) fit ``device``'s shared memory,
     else one: fp32 inputs at head_dim 256 need 131 KB for three, more than sm89's 99 KB (an H200 has 227)."""
-    index = (device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else None
+    index = None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
     return STATS_STAGES if (STATS_STAGES - 1) * tile_bytes <= shared_memory_per_program(index) else 1
 
 
@@ -360,7 +362,8 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8, per_head=Non
         kv_stats_kernel[(n_chunks, batch * kv_heads, parts)](
             k, v, k_sums, v_amax, *strides(k), *strides(v), kv_heads, kv_len, head_dim,
             CHUNK=STATS_CHUNK, BLOCK_N=STATS_BLOCK_N, HEAD_DIM=head_dim_padded, SMOOTH_K=smooth_k,
-            STAGES=statistics_stages(STATS_BLOCK_N * head_dim_padded * k.element_size(), dev), num_warps=kv_warps(head_dim_padded),
+            STAGES=statistics_stages(STATS_BLOCK_N * head_dim_padded * k.element_size(), dev),
+            num_warps=kv_warps(head_dim_padded),
         )  # fmt: skip
     quantize_kv_kernel[(n_blocks, batch * kv_heads, parts)](
         k, v, k_sums, v_amax, out["k_int8"], out["k_scale"], out["k_mean"] if smooth_k else placeholder,
