@@ -21,7 +21,6 @@ import functools
 import torch
 import triton
 import triton.language as tl
-from triton.compiler.compiler import max_shared_mem
 
 from .common import nan_poisoned, operand_key_order
 from .launch import LOG2E, strides
@@ -273,7 +272,9 @@ SMALLEST_SHARED_MEMORY = 99 * 1024  # sm89's limit per program: the smallest of 
 def shared_memory_per_program(device_index):
     """The shared memory one program may use on CUDA device ``device_index`` (None: no GPU, e.g. the
     interpreter or a compile test: the smallest limit of the GPUs the kernels target)."""
-    return SMALLEST_SHARED_MEMORY if device_index is None else max_shared_mem(device_index)
+    if device_index is None:
+        return SMALLEST_SHARED_MEMORY
+    return triton.runtime.driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
 
 
 def statistics_stages(tile_bytes, device):
