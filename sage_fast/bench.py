@@ -92,7 +92,7 @@ def kernel_only(q, k, v, causal, v_fp8, tiles=None):
     return lambda: attn_int8.launch(
         q8, qs, kv["k_int8"], kv["k_scale"], vv, v_scale=kv["v_scale"], out_like=q, head_dim=q.shape[-1],
         is_causal=causal, block_m=block_m, block_n=block_n, num_warps=tiles.warps(dp), num_stages=tiles.num_stages,
-        maxnreg=tiles.maxnreg(dp), tma=tiles.tma,
+        maxnreg=tiles.maxnreg(dp, causal), tma=tiles.tma,
     )  # fmt: skip
 
 

@@ -40,7 +40,9 @@ def lse_buffer(q: torch.Tensor, return_lse: bool) -> torch.Tensor:
 class Tiles:
     """A kernel configuration: BLOCK_M query rows x BLOCK_N keys per tile, warps, pipeline stages;
     ``register_caps``, (HEAD_DIM tile, registers per thread) pairs that bound the registers the compiler
-    may use at that head size (absent: its own choice); ``head_dim_warps``, (HEAD_DIM tile, warps) pairs
+    may use at that head size (absent: its own choice); ``causal_register_caps``, the same for causal launches,
+    taking precedence there (the diagonal tile's mask can need registers the other launches do not);
+    ``head_dim_warps``, (HEAD_DIM tile, warps) pairs
     that override ``num_warps`` at that head size; ``tma``: K and V tiles copied through tensor
     descriptors (the Hopper TMA unit) instead of per-thread loads; and ``gluon``: the attention runs the
     warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention mask) instead of ``attn_int8``'s,
@@ -51,13 +53,17 @@ class Tiles:
     num_warps: int
     num_stages: int
     register_caps: tuple[tuple[int, int], ...] = ()
+    causal_register_caps: tuple[tuple[int, int], ...] = ()
     head_dim_warps: tuple[tuple[int, int], ...] = ()
     tma: bool = False
     gluon: bool = False
 
-    def maxnreg(self, head_dim_padded: int) -> Optional[int]:
+    def maxnreg(self, head_dim_padded: int, is_causal: bool) -> Optional[int]:
         """The launch's ``maxnreg``: fewer registers per thread let more programs share an SM."""
-        return dict(self.register_caps).get(head_dim_padded)
+        caps = dict(self.register_caps)
+        if is_causal:
+            caps.update(self.causal_register_caps)
+        return caps.get(head_dim_padded)
 
     def warps(self, head_dim_padded: int) -> int:
         """The launch's ``num_warps`` at this HEAD_DIM tile."""

@@ -32,8 +32,13 @@ from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 # 168 before): two programs per SM instead of three, and the causal kernel ran 10-22 % slower (H200). Capped at 168,
 # both fit three, with the same bits and no spills (causal +10-25 %, non-causal unchanged; docs/notes.md). The
 # sm80/sm89 builds (191-204 registers uncapped) spill 16-64 bytes per thread under the cap: not measured there.
+# At head_dim 32 the non-causal build takes 128 registers (four programs per SM) and the causal one 168 (three):
+# capped at 128, the causal kernel alone ran 7-12 % faster (H200, same bits, no spills); the same cap on the
+# non-causal build, already at 128, cost 2-3 % (ptxas schedules it differently), so it is a causal-only cap.
+# Under it the sm80/sm89 builds spill 24-28 bytes per thread: not measured there either.
 TILES = Tiles(
-    block_m=64, block_n=128, num_warps=4, num_stages=2, register_caps=((64, 168),), head_dim_warps=((256, 8),)
+    block_m=64, block_n=128, num_warps=4, num_stages=2, register_caps=((64, 168),), causal_register_caps=((32, 128),),
+    head_dim_warps=((256, 8),),
 )
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
@@ -59,6 +64,7 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, attn_mask
         F.pad(q_hat.codes, (0, pad)).contiguous(), q_hat.scale.contiguous(),
         F.pad(k_hat.codes, (0, pad)).contiguous(), k_hat.scale.contiguous(), v,
         out_like=q, head_dim=head_dim, is_causal=is_causal, block_m=BLOCK_M, block_n=BLOCK_N,
-        num_warps=TILES.warps(head_dim + pad), num_stages=TILES.num_stages, maxnreg=TILES.maxnreg(head_dim + pad),
+        num_warps=TILES.warps(head_dim + pad), num_stages=TILES.num_stages,
+        maxnreg=TILES.maxnreg(head_dim + pad, is_causal),
         shift=shift, attn_mask=attn_mask, return_lse=return_lse,
     )  # fmt: skip
