@@ -23,6 +23,7 @@ SHAPES = [  # batch, heads, kv_heads, q_len, kv_len, head_dim, causal
     (1, 4, 4, 4096, 4096, 64, False),
     (1, 6, 3, 77, 1000, 256, True),
     (3, 2, 2, 1, 300, 32, True),
+    (2, 4, 2, 1000, 1000, 32, True),  # rungs 2-3 cap registers at head_dim 32 only when causal
     (1, 4, 1, 4097, 77, 128, True),
     (2, 4, 4, 1024, 1024, 96, False),
 ]
