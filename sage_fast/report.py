@@ -2,6 +2,8 @@
 
     python -m sage_fast.report docs/results/bench-h200.json [--png docs/results/bench.png] > docs/benchmarks.md
 
+The page links the plot at ``--png``'s path relative to ``docs/`` (where the pages live), or at results/bench.png.
+
 Every number on the page (and the plot, with --png) comes from the JSON; nothing is typed in.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from .bench import plot
 
@@ -61,10 +64,11 @@ def accuracy_table(rows):
     return "\n".join(lines)
 
 
-def render(data):
+def render(data, image="results/bench.png"):
+    """The page for one bench.json's ``data``; ``image``: the plot's path relative to the page."""
     env, rows = data["environment"], data["rows"]
     out = [
-        "# Benchmarks",
+        f"# Benchmarks: {env['card']}",
         "",
         f"Measured on **{env['card']}**, torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
         f"on {env['date']}, with `python -m sage_fast.bench` (raw numbers: `docs/results/`).",
@@ -73,7 +77,7 @@ def render(data):
         "`kernel` columns time the attention kernel alone on pre-quantized inputs; the last two columns divide",
         "sageattn fp8 by SDPA cuDNN and by 1.0.6.",
         "",
-        "![TOPS against N](results/bench.png)",
+        f"![TOPS against N]({image})",
         "",
     ]
     for head_dim in sorted({r["head_dim"] for r in rows}):
@@ -101,7 +105,9 @@ def main(argv=None):
         data = json.load(f)
     if args.png:
         plot(data["rows"], args.png)
-    print(render(data))
+        print(render(data, os.path.relpath(args.png, "docs")))
+    else:
+        print(render(data))
 
 
 if __name__ == "__main__":
