@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import sage_fast
 from sage_fast.integrations import CallCounts, route_sdpa
+from sage_fast.integrations.variants import AUTO_MIN_QUERIES, resolve
 
 
 @st.composite
@@ -55,6 +56,20 @@ def test_routed_call_is_the_drop_in(problem, variant):
     assert torch.equal(out, expected)
     assert all(torch.equal(a, b) for a, b in zip(before, (q, k, v)))
     assert dict(counts.variants) == {variant: 1} and counts.fallback_calls == 0
+
+
+@pytest.mark.parametrize("q_len", [1, 17, AUTO_MIN_QUERIES - 1, AUTO_MIN_QUERIES, 77])
+def test_auto_leaves_calls_shorter_than_a_query_tile_to_torch(q_len):
+    """Decode steps (one query over a KV cache) and other calls with fewer queries than a query tile run torch's
+    own SDPA under "auto" (variants.resolve says why), counted as "torch"; from a tile on, sage's own choice."""
+    gen = torch.Generator().manual_seed(q_len)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=gen) for n in (q_len, 90, 90))
+    with route_sdpa() as counts:
+        out = F.scaled_dot_product_attention(q, k, v)
+    variant = "torch" if q_len < AUTO_MIN_QUERIES else resolve("auto", q.device)
+    expected = F.scaled_dot_product_attention(q, k, v) if variant == "torch" else (
+        sage_fast.scaled_dot_product_attention(q, k, v, pv=variant))  # fmt: skip
+    assert torch.equal(out, expected) and dict(counts.variants) == {variant: 1} and counts.fallback_calls == 0
 
 
 def qkv(*shape, dtype=torch.float32, requires_grad=False):

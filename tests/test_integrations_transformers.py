@@ -19,6 +19,7 @@ from tiny_models import AGREEMENT, bert, llama, tokens, transformers
 import sage_ref
 from sage_fast.integrations import AttentionPlan, route_sdpa
 from sage_fast.integrations import transformers as sage_hf
+from sage_fast.integrations.variants import AUTO_MIN_QUERIES, resolve
 
 
 def hidden(model, implementation, **inputs):
@@ -220,10 +221,35 @@ def test_register_refuses_unknown_options():
 
 def test_from_config_with_the_registered_name():
     config = llama().config
-    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=sage_hf.register("sage_cfg"))
+    name = sage_hf.register("sage_cfg", variant="fp16")
+    model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=name)
     with torch.no_grad():
         model(input_ids=ids)
     assert sage_hf.counts("sage_cfg").sage_calls == config.num_hidden_layers
+
+
+def test_auto_runs_the_prefill_on_sage_and_the_decode_steps_on_torch():
+    """"auto" leaves calls with fewer than a query tile (AUTO_MIN_QUERIES) to transformers' own sdpa: a prompt of
+    that many tokens runs sage, each decode step (one query over the cache) torch, token for token as a run
+    that chooses by hand (sage's variant for the prompt, transformers' "sdpa" for the step)."""
+    model = llama()
+    prompt, prompt_mask = tokens(seq_len=AUTO_MIN_QUERIES)
+    auto = sage_hf.register("sage_auto_decode")
+    sage = sage_hf.register("sage_resolved_decode", variant=resolve("auto", prompt.device))
+    logits = {}
+    for prefill, decode in ((auto, auto), (sage, "sdpa")):
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # past_key_values is being renamed in transformers 5.2x
+            cache = transformers.DynamicCache(config=model.config)
+            model.set_attn_implementation(prefill)
+            first = model(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache, use_cache=True)
+            model.set_attn_implementation(decode)
+            step = model(input_ids=first.logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True,
+                         attention_mask=torch.ones(2, AUTO_MIN_QUERIES + 1, dtype=torch.long))  # fmt: skip
+        logits[prefill] = first.logits, step.logits
+    layers = model.config.num_hidden_layers
+    assert dict(sage_hf.counts(auto).variants) == {resolve("auto", prompt.device): layers, "torch": layers}
+    assert torch.equal(logits[auto][0], logits[sage][0]) and torch.equal(logits[auto][1], logits[sage][1])
 
 
 def test_a_missing_transformers_names_the_extra(monkeypatch):

@@ -143,7 +143,10 @@ def evaluate(args) -> dict:
     tokens = models.random_tokens(model.config.vocab_size, args.batch, args.seq_len, seed=args.seed, device=args.device)
 
     plan = sage_plan(args, model)
-    sage_hf.register(SAGE_NAME, variant=args.variant, implementation=args.implementation)
+    # The variant resolved once for the whole run, so that sage runs every call, decode steps included: "auto"
+    # itself would leave calls with fewer than 64 queries to torch (variants.resolve), and this measures sage.
+    variant = resolve(args.variant, torch.device(args.device))
+    sage_hf.register(SAGE_NAME, variant=variant, implementation=args.implementation)
     if plan is not None:
         sage_hf.apply_plan(model, plan, name=SAGE_NAME, implementation=args.implementation)
     clock = timing.Clock(args.device)

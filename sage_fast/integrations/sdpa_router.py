@@ -40,7 +40,8 @@ class SageSDPA(TorchFunctionMode):
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
         What the routed calls run (see ``sage_fast.integrations.variants``); "torch" counts the calls
-        and changes nothing.
+        and changes nothing; "auto" leaves calls with fewer than 64 queries (decode steps) to torch
+        (``variants.resolve``) and counts them as "torch".
     implementation : {"auto", "triton", "numba", "reference"}
         Passed to ``sage_fast.sageattn`` ("auto": the Triton kernels on CUDA tensors, the sage_ref
         emulation on the CPU).
@@ -82,7 +83,8 @@ class SageSDPA(TorchFunctionMode):
         ]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
-        variant = resolve(self.variant, call["query"].device) if tensors else self.variant
+        query = call["query"]
+        variant = resolve(self.variant, query.device, query.shape[-2]) if tensors else self.variant
         if variant == "torch":
             self.counts.record("torch")
             return func(*args, **kwargs)

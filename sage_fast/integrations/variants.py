@@ -10,11 +10,10 @@ variant  what runs                                                        accura
 
 Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
 (``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
-"fp8" beats torch's SDPA with cuDNN only from about 4k tokens (8k for causal head_dim 64), and "fp16" is
-slower than cuDNN almost everywhere (0.92x at head_dim 128 and 8k tokens; level at best, at head_dim 64
-and 32k). The order of ``VARIANTS`` (fp8, fp16, torch: the paper's assumption that lower P·V precision
-is faster) is only the fallback where nothing is timed. The
-v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
+"fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.03-1.15x;
+0.57-0.80x at 1k tokens, where "torch" is faster and more accurate than either). The order of ``VARIANTS``
+(fp8, fp16, torch: the paper's assumption that lower P·V precision is faster) is only the fallback where
+nothing is timed. The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
 (``sage_ref.sage_attention(pv="int8")``), not as a kernel.
 """
 
@@ -30,7 +29,9 @@ from ..api import FP8_MIN_CAPABILITY, IMPLEMENTATIONS, resolve_pv, scaled_dot_pr
 
 VARIANTS = ("fp8", "fp16", "torch")  # also calibration's static order where nothing is timed
 SAGE_VARIANTS = ("fp8", "fp16")
-CHOICES = ("auto", *VARIANTS)  # "auto": sageattn's own pv="auto" (fp8 on sm89+ GPUs, else fp16)
+CHOICES = ("auto", *VARIANTS)  # "auto": see ``resolve``
+# "auto" runs torch's SDPA for calls with fewer queries than this: one query tile of the kernels (BLOCK_M).
+AUTO_MIN_QUERIES = 64
 
 
 def check_options(variant: str, implementation: str) -> None:
@@ -100,6 +101,18 @@ def mask_layout(attn_mask, is_causal: bool) -> str:
     return f"causal + {rows}" if is_causal else rows
 
 
-def resolve(variant: str, device: torch.device) -> str:
-    """The variant that runs: "auto" becomes the P·V precision sageattn picks on ``device``."""
-    return resolve_pv("auto", torch.device(device), "auto") if variant == "auto" else variant
+def resolve(variant: str, device: torch.device, q_len: int | None = None) -> str:
+    """The variant that runs a call of ``q_len`` queries on ``device`` (None: a run's variant, whatever its calls).
+
+    "auto" becomes "torch" for a call with fewer than ``AUTO_MIN_QUERIES`` queries (decoding with a KV cache,
+    short chunks), else the P·V precision sageattn picks on ``device`` (fp8 on sm89+ GPUs, else fp16). Why:
+    with fewer queries than a tile each cached key serves few queries, so the call is memory-bound and the
+    8-bit arithmetic saves nothing, while quantizing K and V reads the whole cache twice more and a sage call
+    costs ≈ 0.2-0.3 ms of host time; on an H200 a decode step (one query over 4k-32k cached keys) took 16-257 µs
+    in torch's SDPA against 265-1337 µs in sageattn (docs/notes.md). Other variants are returned as given.
+    """
+    if variant != "auto":
+        return variant
+    if q_len is not None and q_len < AUTO_MIN_QUERIES:
+        return "torch"
+    return resolve_pv("auto", torch.device(device), "auto")
