@@ -25,6 +25,7 @@ import sage_ref
 from sage_ref.checks import check_attn_mask, check_choice, check_flag, check_qkv, resolve_sm_scale
 
 from .triton import attn_int8, rung3_fused_quant, rung5_tma, rung7_gluon_fp16  # rung 7: None without Gluon
+from .triton.launch import cuda_properties
 
 LAYOUTS = ("HND", "NHD")
 PV_CHOICES = ("auto", "fp16", "fp8")
@@ -40,7 +41,7 @@ def triton_rung(pv, q, attn_mask):
     schedule) is faster: whole call 613 TOPS against rung 3's 539 at head_dim 128, N = 8k, 375 against 359 at
     N = 1k (H100, docs/results/bench-h100-2026-11-26-rung7.json); at head_dim 64 it is slower (360 against 444)."""
     if (pv == "fp16" and attn_mask is None and rung7_gluon_fp16 is not None and q.is_cuda
-            and 64 < q.shape[-1] <= 128 and torch.cuda.get_device_capability(q.device)[0] == 9):  # fmt: skip
+            and 64 < q.shape[-1] <= 128 and cuda_properties(q.device).major == 9):  # fmt: skip
         return rung7_gluon_fp16
     return PV_RUNGS[pv]
 
@@ -131,12 +132,14 @@ def kernels_available(device: torch.device) -> bool:
 
 def resolve_pv(pv: str, device: torch.device, backend: str) -> str:
     """``pv="auto"``: fp8 on a CUDA GPU with compute capability >= 8.9, else fp16; refuse fp8 kernels below sm89."""
-    on_fp8_gpu = device.type == "cuda" and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+    props = cuda_properties(device) if device.type == "cuda" else None
+    capability = (props.major, props.minor) if props is not None else None
+    on_fp8_gpu = capability is not None and capability >= FP8_MIN_CAPABILITY
     if pv == "auto":
         return "fp8" if on_fp8_gpu else "fp16"
-    if pv == "fp8" and backend == "triton" and device.type == "cuda" and not on_fp8_gpu:
-        major, minor = torch.cuda.get_device_capability(device)
-        raise ValueError(f"pv='fp8' needs fp8 tensor cores (sm89+), this GPU is sm{major}{minor}; use pv='fp16'")
+    if pv == "fp8" and backend == "triton" and capability is not None and not on_fp8_gpu:
+        raise ValueError(f"pv='fp8' needs fp8 tensor cores (sm89+), this GPU is sm{capability[0]}{capability[1]}; "
+                         "use pv='fp16'")  # fmt: skip
     return pv
 
 

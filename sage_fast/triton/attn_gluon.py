@@ -28,6 +28,8 @@ save (docs/notes.md). Keys past kv_len in the last tile are another head's codes
 interpreter: this kernel runs only on an sm90 GPU.
 """
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -40,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .launch import lse_buffer, strides
+from .launch import cuda_properties, lse_buffer, strides
 
 LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 LOG2_448: gl.constexpr = gl.constexpr(8.807354922057604)
@@ -325,9 +327,16 @@ def sage_attn_gluon_kernel(
     )  # fmt: skip
 
 
+@functools.cache
+def shared_layout(block_shape: tuple[int, ...], dtype) -> gl.NVMMASharedLayout:
+    """The swizzled shared layout the wgmma reads for tiles of ``block_shape``, built once per shape and dtype
+    (building it is microseconds of host time per call)."""
+    return gl.NVMMASharedLayout.get_default_for(list(block_shape), dtype)
+
+
 def descriptor(t: torch.Tensor, block_shape: list[int], dtype) -> TensorDescriptor:
     """A TMA descriptor over ``t`` with the swizzled shared layout the wgmma reads."""
-    return TensorDescriptor.from_tensor(t, block_shape, gl.NVMMASharedLayout.get_default_for(block_shape, dtype))
+    return TensorDescriptor.from_tensor(t, block_shape, shared_layout(tuple(block_shape), dtype))
 
 
 def launch(q_int8, q_scale, k_int8, k_scale, v, v_scale, *, out_like, head_dim, is_causal, block_m, block_n,
@@ -345,9 +354,9 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, v_scale, *, out_like, head_dim, 
     _, heads, q_len, head_dim_padded = q_int8.shape
     kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
     pv_fp8 = v_scale is not None
-    if out_like.is_cuda and torch.cuda.get_device_capability(out_like.device)[0] != 9:
-        major, minor = torch.cuda.get_device_capability(out_like.device)
-        raise ValueError(f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{major}{minor}")
+    props = cuda_properties(out_like.device) if out_like.is_cuda else None
+    if props is not None and props.major != 9:
+        raise ValueError(f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{props.major}{props.minor}")
     if num_stages < 2:
         raise ValueError(f"num_stages={num_stages}: tiles j-1 and j are in use at once, so at least 2")
     if not pv_fp8 and head_dim_padded > 128:

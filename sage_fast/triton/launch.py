@@ -1,5 +1,6 @@
 """Host-side helpers shared by the rungs' launchers."""
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -13,6 +14,18 @@ LOG2E = math.log2(math.e)
 def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     """A 4-d tensor's element strides: kernels read any layout or view in place."""
     return tuple(t.stride())
+
+
+@functools.cache
+def cuda_properties_of(index: int):
+    """``torch.cuda.get_device_properties(index)``, looked up once per GPU."""
+    return torch.cuda.get_device_properties(index)
+
+
+def cuda_properties(device: torch.device):
+    """The properties (``major``, ``minor``, ``multi_processor_count``, ...) of CUDA ``device``: each lookup through
+    torch costs microseconds of host time, and a call needs them up to four times."""
+    return cuda_properties_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def head_dim_block(head_dim: int, minimum: int = 16) -> int:

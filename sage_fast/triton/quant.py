@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import nan_poisoned, operand_key_order
-from .launch import LOG2E, strides
+from .launch import LOG2E, cuda_properties, strides
 
 
 @triton.jit
@@ -314,7 +314,7 @@ def per_head_pays(k, smooth_k, v_fp8):
         return False
     if not v_fp8:
         return True
-    sms = torch.cuda.get_device_properties(k.device).multi_processor_count if k.is_cuda else 0
+    sms = cuda_properties(k.device).multi_processor_count if k.is_cuda else 0
     return 2 * batch * kv_heads <= sms
 
 
