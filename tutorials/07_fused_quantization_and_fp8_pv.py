@@ -426,6 +426,21 @@ for batch, n, is_causal in ((16, 1024, True), (4, 4096, True), (1, 16384, True),
 # program per SM. It could not have caught this before: the compile tests built every kernel with the log-sum-exp
 # output, and that build kept 168 registers; only the default call's build took 177.
 #
+# A cap is not free where the compiler would have fitted anyway. At head_dim 32 the causal build takes 168
+# registers (three programs) and the non-causal one 128 (four); a 128 cap gives the causal kernel its fourth
+# program, but on the non-causal build, already at 128, it changes how ptxas schedules and costs a little. So that
+# cap applies to causal launches only (`Tiles.causal_register_caps`):
+
+# %%
+capped32 = json.loads((RESULTS / "probes-causal-d32-register-cap-h200-2026-11-27.json").read_text())["rows"]
+print(f"TOPS, rung 3's kernel, head_dim 32   {'no cap':>9} {'cap 128':>9}")
+for batch, n, is_causal in ((16, 1024, True), (1, 16384, True), (16, 1024, False), (1, 16384, False)):
+    cells = [[r["tops"] for r in capped32 if r.get("name") == name and (r["B"], r["N"], r["D"], r["causal"])
+              == (batch, n, 32, is_causal)] for name in ("asis", "cap128")]
+    label = f"N = {n:5d}" + (", causal" if is_causal else "")
+    print(f"  {label:34s}" + "".join(f" {spread(c):>9}" for c in cells))
+
+# %% [markdown]
 # ## Measured on a GPU
 #
 # Where a call's time goes (rung 5, head_dim 128; each part timed alone; the copy is a reference point:
