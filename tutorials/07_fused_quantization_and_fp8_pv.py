@@ -412,13 +412,19 @@ for metric, label in (("Registers Per Thread", "registers per thread"),
 # (the same bits either way):
 
 # %%
-capped = json.loads((RESULTS / "probes-causal-register-cap-h200-2026-11-27.json").read_text())["rows"]
-print(f"TOPS, rung 3's kernel, head_dim 64   {'no cap':>9} {'cap 168':>9}")
-for batch, n, is_causal in ((16, 1024, True), (4, 4096, True), (1, 16384, True), (4, 4096, False)):
-    cells = [[r["tops"] for r in capped if r.get("name") == name and (r["B"], r["N"], r["D"], r["causal"])
-              == (batch, n, 64, is_causal)] for name in ("asis", "cap168")]
-    label = f"N = {n:5d}" + (", causal" if is_causal else "")
-    print(f"  {label:34s}" + "".join(f" {spread(c):>9}" for c in cells))
+def cap_table(results, head_dim, cap, shapes):
+    """TOPS of rung 3's kernel without and with a register cap, from a committed probe (rows named asis / capN)."""
+    rows = json.loads((RESULTS / results).read_text())["rows"]
+    print(f"TOPS, rung 3's kernel, head_dim {head_dim:<3d} {'no cap':>9} {f'cap {cap}':>9}")
+    for batch, n, is_causal in shapes:
+        cells = [[r["tops"] for r in rows if r.get("name") == name and (r["B"], r["N"], r["D"], r["causal"])
+                  == (batch, n, head_dim, is_causal)] for name in ("asis", f"cap{cap}")]
+        label = f"N = {n:5d}" + (", causal" if is_causal else "")
+        print(f"  {label:34s}" + "".join(f" {spread(c):>9}" for c in cells))
+
+
+cap_table("probes-causal-register-cap-h200-2026-11-27.json", 64, 168,
+          ((16, 1024, True), (4, 4096, True), (1, 16384, True), (4, 4096, False)))
 
 # %% [markdown]
 # The cap is in `rung2_int8_qk.TILES`, and `tests/test_triton_compile.py::test_programs_per_sm` compiles the
@@ -432,13 +438,8 @@ for batch, n, is_causal in ((16, 1024, True), (4, 4096, True), (1, 16384, True),
 # cap applies to causal launches only (`Tiles.causal_register_caps`):
 
 # %%
-capped32 = json.loads((RESULTS / "probes-causal-d32-register-cap-h200-2026-11-27.json").read_text())["rows"]
-print(f"TOPS, rung 3's kernel, head_dim 32   {'no cap':>9} {'cap 128':>9}")
-for batch, n, is_causal in ((16, 1024, True), (1, 16384, True), (16, 1024, False), (1, 16384, False)):
-    cells = [[r["tops"] for r in capped32 if r.get("name") == name and (r["B"], r["N"], r["D"], r["causal"])
-              == (batch, n, 32, is_causal)] for name in ("asis", "cap128")]
-    label = f"N = {n:5d}" + (", causal" if is_causal else "")
-    print(f"  {label:34s}" + "".join(f" {spread(c):>9}" for c in cells))
+cap_table("probes-causal-d32-register-cap-h200-2026-11-27.json", 32, 128,
+          ((16, 1024, True), (1, 16384, True), (16, 1024, False), (1, 16384, False)))
 
 # %% [markdown]
 # ## Measured on a GPU
