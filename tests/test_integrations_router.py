@@ -72,6 +72,17 @@ def test_auto_leaves_calls_shorter_than_a_query_tile_to_torch(q_len):
     assert torch.equal(out, expected) and dict(counts.variants) == {variant: 1} and counts.fallback_calls == 0
 
 
+def test_a_call_torch_refuses_is_torchs_to_refuse():
+    """A query without a sequence dimension reaches torch's own function, which raises its own error (the router
+    must not fail first while choosing a variant from the query's length)."""
+    q = torch.randn(8)
+    with pytest.raises(RuntimeError) as routed, route_sdpa():
+        F.scaled_dot_product_attention(q, q, q)
+    with pytest.raises(RuntimeError) as direct:
+        F.scaled_dot_product_attention(q, q, q)
+    assert str(routed.value) == str(direct.value)
+
+
 def qkv(*shape, dtype=torch.float32, requires_grad=False):
     gen = torch.Generator().manual_seed(0)
     return tuple(torch.randn(shape, generator=gen, dtype=dtype, requires_grad=requires_grad) for _ in range(3))

@@ -229,7 +229,7 @@ def test_from_config_with_the_registered_name():
 
 
 def test_auto_runs_the_prefill_on_sage_and_the_decode_steps_on_torch():
-    """"auto" leaves calls with fewer than a query tile (AUTO_MIN_QUERIES) to transformers' own sdpa: a prompt of
+    """The "auto" variant leaves calls with fewer than a query tile (AUTO_MIN_QUERIES) to transformers' sdpa: a prompt of
     that many tokens runs sage, each decode step (one query over the cache) torch, token for token as a run
     that chooses by hand (sage's variant for the prompt, transformers' "sdpa" for the step)."""
     model = llama()

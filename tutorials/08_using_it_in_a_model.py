@@ -191,11 +191,12 @@ for name in ("sage", "sdpa"):
             prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=8,
             min_new_tokens=8, do_sample=False, pad_token_id=0,
         )
-agree = (decoded["sage"] == decoded["sdpa"]).float().mean().item()
+new_tokens = {name: ids[:, prompt.shape[1]:] for name, ids in decoded.items()}
+agree = (new_tokens["sage"] == new_tokens["sdpa"]).float().mean().item()
 counts = sage_hf.counts("sage")
-print(f"greedy tokens equal: {agree:.1%}; {counts}")
+print(f"generated tokens equal: {agree:.1%}; {counts}")
 # the prompt on sage in both layers; 7 decode steps (the 8th token comes from the prompt's logits) on torch
-assert agree > 0.95 and counts.fallback_calls == 0
+assert agree >= 7 / 8 and counts.fallback_calls == 0
 assert counts.sage_calls == 2 and counts.variants["torch"] == 2 * 7
 
 # %% [markdown]

@@ -8,15 +8,14 @@ model's own attention), a sage variant if its smallest cosine similarity is at l
 ``calibrate`` does both and returns an ``AttentionPlan``.
 
 Fastest means measured, not assumed. On an H200 (docs/benchmarks.md) sageattn fp8 beats SDPA-cuDNN only
-from about 4k tokens, and sageattn fp16 only from 8-16k tokens (1.03-1.15x; 0.57-0.80x at 1k): a
-fixed order fp8 > fp16 > torch would hand a short layer that fails fp8's threshold the fp16 path, slower
-than torch and less accurate. So on CUDA every variant is
-timed on every call (``cuda_ms``: the median of repetitions after a warm-up, so compilation is not
-timed) and a layer's time is the sum over its calls: the choice holds for the shapes of the sample, so
-calibrate on inputs as long as those the model will run. On the CPU the sage variants run an emulation
-whose speed says nothing about a GPU's, so nothing is timed and the choice falls back to the static order
-``VARIANTS`` (fp8, fp16, torch: the paper's assumption that lower P·V precision is faster), unless
-the caller passes a ``timer``.
+from about 4k tokens, and sageattn fp16 only from 8-16k tokens (1.02-1.15x; 0.57-0.80x at 1k): a fixed order
+fp8 > fp16 > torch would hand a short layer that fails fp8's threshold the fp16 path, slower than torch and
+less accurate. So on CUDA every variant is timed on every call (``cuda_ms``: the median of repetitions after
+a warm-up, so compilation is not timed) and a layer's time is the sum over its calls: the choice holds for
+the shapes of the sample, so calibrate on inputs as long as those the model will run. On the CPU the sage
+variants run an emulation whose speed says nothing about a GPU's, so nothing is timed and the choice falls
+back to the static order ``VARIANTS`` (fp8, fp16, torch: the paper's assumption that lower P·V precision is
+faster), unless the caller passes a ``timer``.
 """
 
 from __future__ import annotations

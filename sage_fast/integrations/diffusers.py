@@ -109,7 +109,9 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     Parameters
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
-        The variant of every layer; leave it "auto" when a ``plan`` is given.
+        The variant of every layer ("auto": torch's SDPA for calls with fewer than
+        ``variants.AUTO_MIN_QUERIES`` queries, else sageattn's P·V choice; ``variants.resolve``); leave it
+        "auto" when a ``plan`` is given: a plan's variants are taken literally, for calls of every length.
     plan : AttentionPlan, optional
         Per-layer variants keyed by attention module name (e.g. from ``capture`` and
         ``sage_fast.integrations.calibration.calibrate``); a name the model lacks is a ValueError.

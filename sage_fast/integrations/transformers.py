@@ -161,8 +161,8 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
         The ``attn_implementation`` name; not one of transformers' own ("sdpa", "eager", ...).
     variant : {"auto", "fp8", "fp16", "torch"}
         What every layer runs unless ``apply_plan`` says otherwise ("auto": torch's SDPA for calls with
-        fewer than 64 queries, i.e. decode steps, else fp8 P·V on sm89+ GPUs and fp16 P·V elsewhere;
-        ``variants.resolve`` says why).
+        fewer than ``variants.AUTO_MIN_QUERIES`` queries, i.e. decode steps, else fp8 P·V on sm89+ GPUs and
+        fp16 P·V elsewhere; ``variants.resolve`` says why).
     implementation : {"auto", "triton", "numba", "reference"}
         Passed to ``sage_fast.sageattn``; "auto" runs the Triton kernels on CUDA tensors and the
         sage_ref emulation on CPU tensors.
@@ -228,7 +228,9 @@ def apply_plan(model, plan: AttentionPlan, *, name: str = "sage", implementation
     Plan layers are the qualified names of ``model.named_modules()`` (as ``capture`` records them);
     a name the model lacks is a ValueError (a plan for another model), every module the plan does not
     list gets ``plan.default``. ``name`` is registered if it is not yet (with ``implementation``), and
-    the model is switched to it with ``model.set_attn_implementation`` (checked by ``switch``).
+    the model is switched to it with ``model.set_attn_implementation`` (checked by ``switch``). A plan's
+    variants are taken literally, for calls of every length: a layer planned "fp8" runs sage on decode
+    steps too, where torch's SDPA is 2-36× faster (``variants.resolve``).
     """
     if not isinstance(plan, AttentionPlan):
         raise TypeError(f"plan must be an AttentionPlan, got {type(plan).__name__}")

@@ -10,7 +10,7 @@ variant  what runs                                                        accura
 
 Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
 (``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
-"fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.03-1.15x;
+"fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.02-1.15x;
 0.57-0.80x at 1k tokens, where "torch" is faster and more accurate than either). The order of ``VARIANTS``
 (fp8, fp16, torch: the paper's assumption that lower P·V precision is faster) is only the fallback where
 nothing is timed. The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
@@ -111,7 +111,10 @@ def resolve(variant: str, device: torch.device, q_len: int | None = None) -> str
     with fewer queries than a tile each cached key serves few queries, so the call is memory-bound and the
     8-bit arithmetic saves nothing, while quantizing K and V reads the whole cache twice more and a sage call
     costs ≈ 0.2-0.3 ms of host time; on an H200 a decode step (one query over 4k-32k cached keys) took 16-257 µs
-    in torch's SDPA against 265-1337 µs in sageattn (docs/notes.md). Other variants are returned as given.
+    in torch's SDPA against 265-1337 µs in sageattn (docs/notes.md). The tile is a line drawn from the
+    arithmetic, not the measured crossover, which depends on batch, heads and cache length (at batch 1 over 8k
+    keys sage still lost at 256 queries; at batch 4 it won at 512); calibration decides per layer beyond it.
+    Other variants are returned as given.
     """
     if variant != "auto":
         return variant

@@ -356,7 +356,9 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, v_scale, *, out_like, head_dim, 
     pv_fp8 = v_scale is not None
     props = cuda_properties(out_like.device) if out_like.is_cuda else None
     if props is not None and props.major != 9:
-        raise ValueError(f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{props.major}{props.minor}")
+        raise ValueError(
+            f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{props.major}{props.minor}"
+        )
     if num_stages < 2:
         raise ValueError(f"num_stages={num_stages}: tiles j-1 and j are in use at once, so at least 2")
     if not pv_fp8 and head_dim_padded > 128:

@@ -230,7 +230,8 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, *, out_like, head_dim, is_causal
     if bias_mode == FULL_BIAS and head_dim_padded >= 128:
         # A register cap buys a third program per SM; with a mask tile per stage beside 128-wide K̂ and V̂ᵀ tiles
         # (rung 5: 91 KB) shared memory allows two anyway, and the capped build spilled 600-750 bytes per thread:
-        # uncapped, +15-23 % (H200, docs/notes.md). At head_dim 64 the caps still pay with a mask.
+        # uncapped, +15-23 % (H200, docs/notes.md). At head_dim 32 and 64 the caps still pay with a mask (hd32
+        # causal: 128 registers with ≈ 100 bytes of spills beat 255 registers by 7-11 %).
         maxnreg = None
     if tma:
         if not pv_fp8:

@@ -37,9 +37,9 @@ from .launch import INT8_MIN_HEAD_DIM, LOG2E, Tiles, head_dim_block
 # non-causal build, already at 128, cost 2-3 % (ptxas schedules it differently), so it is a causal-only cap.
 # Under it the sm80/sm89 builds spill 24-28 bytes per thread: not measured there either.
 TILES = Tiles(
-    block_m=64, block_n=128, num_warps=4, num_stages=2, register_caps=((64, 168),), causal_register_caps=((32, 128),),
-    head_dim_warps=((256, 8),),
-)
+    block_m=64, block_n=128, num_warps=4, num_stages=2,
+    register_caps=((64, 168),), causal_register_caps=((32, 128),), head_dim_warps=((256, 8),),
+)  # fmt: skip
 BLOCK_M, BLOCK_N = TILES.block_m, TILES.block_n
 
 
