@@ -1,6 +1,6 @@
 """Benchmark: every Triton rung, the whole ``sageattn`` call, kernel-only, torch SDPA and PyPI sageattention 1.0.6.
 
-    python -m sage_fast.bench [--quick] [--out DIR]
+    python -m sage_fast.bench [--quick | --sweep | --breakdown | --decode] [--out DIR]
 
 TOPS = 4·B·H·N²·D / time (halved for causal), inputs fp16 Gaussian [B, H, N, D] with
 B·N = 16k tokens and H = 32, timed with ``triton.testing.do_bench`` (median). Accuracy
@@ -193,6 +193,39 @@ def quant_breakdown():
     return rows
 
 
+DECODE_SHAPES = (  # batch, heads, kv heads, queries, cached keys, head_dim: decode steps and short chunks (GQA 4:1)
+    (1, 32, 8, 1, 4096, 128), (1, 32, 8, 1, 32768, 128), (8, 32, 8, 1, 4096, 128), (8, 32, 8, 1, 32768, 128),
+    (32, 32, 8, 1, 8192, 128), (1, 32, 8, 16, 8192, 128), (1, 32, 8, 64, 8192, 128), (1, 32, 8, 256, 8192, 128),
+    (4, 32, 8, 512, 8192, 128), (1, 32, 32, 1, 4096, 64), (16, 32, 32, 1, 4096, 64),
+)  # fmt: skip
+
+
+def decode_steps():
+    """Calls with few queries over a KV cache (bottom-right causal): µs per whole call of torch SDPA (its own
+    backend choice) and sageattn fp8/fp16, host time included where the host is slower than the GPU. What the
+    integrations' "auto" rule (``variants.AUTO_MIN_QUERIES``) rests on."""
+    from triton.testing import do_bench
+
+    from sage_fast import sageattn
+
+    rows = []
+    for batch, heads, kv_heads, q_len, kv_len, head_dim in DECODE_SHAPES:
+        q = torch.randn(batch, heads, q_len, head_dim, device="cuda", dtype=torch.float16)
+        k, v = (torch.randn(batch, kv_heads, kv_len, head_dim, device="cuda", dtype=torch.float16) for _ in range(2))
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device="cuda").tril(kv_len - q_len) if q_len > 1 else None
+        calls = {
+            "sdpa": lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True),
+            "sageattn-fp8": lambda: sageattn(q, k, v, is_causal=True, pv="fp8"),
+            "sageattn-fp16": lambda: sageattn(q, k, v, is_causal=True, pv="fp16"),
+        }
+        for name, call in calls.items():
+            us = do_bench(call, warmup=25, rep=100, return_mode="median") * 1e3
+            rows.append(dict(name=name, batch=batch, heads=heads, kv_heads=kv_heads, q_len=q_len, kv_len=kv_len,
+                             head_dim=head_dim, us=us))  # fmt: skip
+            print(f"{name:14s} B={batch:2d} Hkv={kv_heads:2d} q={q_len:4d} kv={kv_len:6d} D={head_dim:3d} {us:8.1f} us")
+    return rows
+
+
 def accuracy_vs_fp64():
     """cos / rel L1 against an fp64 truth on Gaussian inputs (the issue's accuracy criteria), with 1.0.6."""
     from sage_fast import sageattn
@@ -298,6 +331,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="two lengths only")
     parser.add_argument("--sweep", action="store_true", help="only sweep the kernel's tile configurations")
     parser.add_argument("--breakdown", action="store_true", help="only time each launch of the fp8 pipeline")
+    parser.add_argument("--decode", action="store_true", help="only time decode-shaped calls against torch SDPA")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench.json and bench.png")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -308,6 +342,11 @@ def main(argv=None):
         return
     if args.breakdown:
         (out / "breakdown.json").write_text(json.dumps(dict(environment=env, rows=quant_breakdown()), indent=1))
+        return
+    if args.decode:
+        if not torch.cuda.is_available():
+            parser.error("--decode times GPU calls: no CUDA GPU here")
+        (out / "decode.json").write_text(json.dumps(dict(environment=env, rows=decode_steps()), indent=1))
         return
     if not torch.cuda.is_available():
         print("No CUDA GPU here: running a small CPU sanity pass instead of the benchmark.")
