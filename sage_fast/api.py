@@ -25,7 +25,7 @@ import sage_ref
 from sage_ref.checks import check_attn_mask, check_choice, check_flag, check_qkv, resolve_sm_scale
 
 from .triton import attn_int8, rung3_fused_quant, rung5_tma, rung7_gluon_fp16  # rung 7: None without Gluon
-from .triton.launch import cuda_properties
+from .triton.launch import cuda_capability
 
 LAYOUTS = ("HND", "NHD")
 PV_CHOICES = ("auto", "fp16", "fp8")
@@ -41,7 +41,7 @@ def triton_rung(pv, q, attn_mask):
     schedule) is faster: whole call 613 TOPS against rung 3's 539 at head_dim 128, N = 8k, 375 against 359 at
     N = 1k (H100, docs/results/bench-h100-2026-11-26-rung7.json); at head_dim 64 it is slower (360 against 444)."""
     if (pv == "fp16" and attn_mask is None and rung7_gluon_fp16 is not None and q.is_cuda
-            and 64 < q.shape[-1] <= 128 and cuda_properties(q.device).major == 9):  # fmt: skip
+            and 64 < q.shape[-1] <= 128 and cuda_capability(q.device)[0] == 9):  # fmt: skip
         return rung7_gluon_fp16
     return PV_RUNGS[pv]
 
@@ -132,8 +132,7 @@ def kernels_available(device: torch.device) -> bool:
 
 def resolve_pv(pv: str, device: torch.device, backend: str) -> str:
     """``pv="auto"``: fp8 on a CUDA GPU with compute capability >= 8.9, else fp16; refuse fp8 kernels below sm89."""
-    props = cuda_properties(device) if device.type == "cuda" else None
-    capability = (props.major, props.minor) if props is not None else None
+    capability = cuda_capability(device) if device.type == "cuda" else None
     on_fp8_gpu = capability is not None and capability >= FP8_MIN_CAPABILITY
     if pv == "auto":
         return "fp8" if on_fp8_gpu else "fp16"

@@ -103,11 +103,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with open(args.json) as f:
         data = json.load(f)
+    image = "results/bench.png"
     if args.png:
         plot(data["rows"], args.png)
-        print(render(data, os.path.relpath(args.png, "docs")))
-    else:
-        print(render(data))
+        image = os.path.relpath(args.png, "docs")
+    print(render(data, image))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ element the kernel never writes fails. The drop-in SDPA is held to torch's own f
 from __future__ import annotations
 
 import doctest
-import types
 from dataclasses import dataclass
 
 import pytest
@@ -262,23 +261,18 @@ def test_triton_on_cpu_without_the_interpreter_says_what_to_do(monkeypatch):
         sage_fast.sageattn(*qkv(1, 2, 9, 8), implementation="triton")
 
 
-def gpu_properties(major, minor):
-    """A stand-in for ``torch.cuda.get_device_properties``' answer (what ``launch.cuda_properties`` gives)."""
-    return types.SimpleNamespace(major=major, minor=minor)
-
-
 @pytest.mark.parametrize(
     "capability, pv, expected",
     [((9, 0), "auto", "fp8"), ((8, 9), "auto", "fp8"), ((8, 0), "auto", "fp16"), ((8, 0), "fp16", "fp16")],
 )
 def test_pv_auto_picks_fp8_on_sm89_and_later(monkeypatch, capability, pv, expected):
-    monkeypatch.setattr(sage_fast.api, "cuda_properties", lambda device: gpu_properties(*capability))
+    monkeypatch.setattr(sage_fast.api, "cuda_capability", lambda device: capability)
     assert sage_fast.api.resolve_pv(pv, torch.device("cuda"), "triton") == expected
     assert sage_fast.api.resolve_pv(pv, torch.device("cpu"), "reference") == ("fp16" if pv == "auto" else pv)
 
 
 def test_fp8_kernels_refused_below_sm89(monkeypatch):
-    monkeypatch.setattr(sage_fast.api, "cuda_properties", lambda device: gpu_properties(8, 0))
+    monkeypatch.setattr(sage_fast.api, "cuda_capability", lambda device: (8, 0))
     with pytest.raises(ValueError, match="pv='fp8' needs"):
         sage_fast.api.resolve_pv("fp8", torch.device("cuda"), "triton")
 

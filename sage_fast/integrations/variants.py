@@ -26,7 +26,7 @@ from sage_ref.checks import check_choice
 
 from .. import api
 from ..api import FP8_MIN_CAPABILITY, IMPLEMENTATIONS, resolve_pv, scaled_dot_product_attention
-from ..triton.launch import cuda_properties
+from ..triton.launch import cuda_capability
 
 VARIANTS = ("fp8", "fp16", "torch")  # also calibration's static order where nothing is timed
 SAGE_VARIANTS = ("fp8", "fp16")
@@ -48,8 +48,7 @@ def variants_for(device: torch.device, implementation: str = "auto") -> tuple[st
     """
     device = torch.device(device)
     kernels = implementation == "triton" or (implementation == "auto" and device.type == "cuda")
-    props = cuda_properties(device) if kernels and device.type == "cuda" else None
-    if props is not None and (props.major, props.minor) < FP8_MIN_CAPABILITY:
+    if kernels and device.type == "cuda" and cuda_capability(device) < FP8_MIN_CAPABILITY:
         return tuple(v for v in VARIANTS if v != "fp8")
     return VARIANTS
 

@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .launch import cuda_properties, lse_buffer, strides
+from .launch import cuda_capability, lse_buffer, strides
 
 LN2: gl.constexpr = gl.constexpr(0.6931471805599453)
 LOG2_448: gl.constexpr = gl.constexpr(8.807354922057604)
@@ -354,11 +354,9 @@ def launch(q_int8, q_scale, k_int8, k_scale, v, v_scale, *, out_like, head_dim, 
     _, heads, q_len, head_dim_padded = q_int8.shape
     kv_heads, kv_len = k_int8.shape[1], k_int8.shape[2]
     pv_fp8 = v_scale is not None
-    props = cuda_properties(out_like.device) if out_like.is_cuda else None
-    if props is not None and props.major != 9:
-        raise ValueError(
-            f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{props.major}{props.minor}"
-        )
+    if out_like.is_cuda and cuda_capability(out_like.device)[0] != 9:
+        major, minor = cuda_capability(out_like.device)
+        raise ValueError(f"the Gluon kernel needs an sm90 GPU (wgmma, setmaxnreg); this one is sm{major}{minor}")
     if num_stages < 2:
         raise ValueError(f"num_stages={num_stages}: tiles j-1 and j are in use at once, so at least 2")
     if not pv_fp8 and head_dim_padded > 128:

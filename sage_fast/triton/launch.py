@@ -16,6 +16,11 @@ def strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return tuple(t.stride())
 
 
+def cuda_index(device: torch.device) -> int:
+    """The index of CUDA ``device`` ("cuda" without one: the current device)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.cache
 def cuda_properties_of(index: int):
     """``torch.cuda.get_device_properties(index)``, looked up once per GPU."""
@@ -25,7 +30,13 @@ def cuda_properties_of(index: int):
 def cuda_properties(device: torch.device):
     """The properties (``major``, ``minor``, ``multi_processor_count``, ...) of CUDA ``device``: each lookup through
     torch costs microseconds of host time, and a call needs them up to four times."""
-    return cuda_properties_of(device.index if device.index is not None else torch.cuda.current_device())
+    return cuda_properties_of(cuda_index(device))
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of CUDA ``device``, e.g. (9, 0) for an H100."""
+    props = cuda_properties(device)
+    return props.major, props.minor
 
 
 def head_dim_block(head_dim: int, minimum: int = 16) -> int:
@@ -55,11 +66,11 @@ class Tiles:
     ``register_caps``, (HEAD_DIM tile, registers per thread) pairs that bound the registers the compiler
     may use at that head size (absent: its own choice); ``causal_register_caps``, the same for causal launches,
     taking precedence there (the diagonal tile's mask can need registers the other launches do not);
-    ``head_dim_warps``, (HEAD_DIM tile, warps) pairs
-    that override ``num_warps`` at that head size; ``tma``: K and V tiles copied through tensor
-    descriptors (the Hopper TMA unit) instead of per-thread loads; and ``gluon``: the attention runs the
-    warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention mask) instead of ``attn_int8``'s,
-    with two consumer warpgroups of ``num_warps`` = 4 warps and BLOCK_M rows each per program."""
+    ``head_dim_warps``, (HEAD_DIM tile, warps) pairs that override ``num_warps`` at that head size; ``tma``: K
+    and V tiles copied through tensor descriptors (the Hopper TMA unit) instead of per-thread loads; and
+    ``gluon``: the attention runs the warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention
+    mask) instead of ``attn_int8``'s, with two consumer warpgroups of ``num_warps`` = 4 warps and BLOCK_M rows
+    each per program."""
 
     block_m: int
     block_n: int

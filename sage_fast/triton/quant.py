@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import nan_poisoned, operand_key_order
-from .launch import LOG2E, cuda_properties, strides
+from .launch import LOG2E, cuda_index, cuda_properties, strides
 
 
 @triton.jit
@@ -280,9 +280,7 @@ def shared_memory_per_program(device_index):
 def statistics_stages(tile_bytes, device):
     """STATS_STAGES where the loads they keep in flight (STATS_STAGES - 1 tiles) fit ``device``'s shared memory,
     else one: fp32 inputs at head_dim 256 need 131 KB for three, more than sm89's 99 KB (an H200 has 227)."""
-    index = None
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
+    index = cuda_index(device) if device.type == "cuda" else None
     return STATS_STAGES if (STATS_STAGES - 1) * tile_bytes <= shared_memory_per_program(index) else 1
 
 

@@ -57,7 +57,8 @@ def quantized_forward(q, k, v, *, is_causal, sm_scale, smooth_k, return_lse, v_f
         q_int8, q_scale, kv["k_int8"], kv["k_scale"], kv["v_fp8_t"] if v_fp8 else v,
         v_scale=kv["v_scale"], out_like=q, head_dim=head_dim, is_causal=is_causal,
         block_m=tiles.block_m, block_n=tiles.block_n, num_warps=tiles.warps(head_dim_padded), num_stages=tiles.num_stages,
-        maxnreg=tiles.maxnreg(head_dim_padded, is_causal), tma=tiles.tma, shift=shift, attn_mask=attn_mask, return_lse=return_lse,
+        maxnreg=tiles.maxnreg(head_dim_padded, is_causal), tma=tiles.tma, shift=shift, attn_mask=attn_mask,
+        return_lse=return_lse,
     )  # fmt: skip
 
 
