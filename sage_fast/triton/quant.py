@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import nan_poisoned, operand_key_order
-from .launch import LOG2E, cuda_index, cuda_properties, strides
+from .launch import LOG2E, cdiv, cuda_index, cuda_properties, strides
 
 
 @triton.jit
@@ -250,7 +250,7 @@ def quantize_kv_per_head_kernel(
 def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1):
     """q [B,H,N,D] (any strides) -> (q_int8 [B,H,N,Dp], q_scale [B,H,ceil(N/block_m)], shift [B,H,N] or None)."""
     batch, heads, q_len, head_dim = q.shape
-    n_blocks = triton.cdiv(q_len, block_m)
+    n_blocks = cdiv(q_len, block_m)
     q_int8 = torch.empty(batch, heads, q_len, head_dim_padded, dtype=torch.int8, device=q.device)
     q_scale = torch.empty(batch, heads, n_blocks, dtype=torch.float32, device=q.device)
     shift = None if k_mean is None else torch.empty(batch, heads, q_len, dtype=torch.float32, device=q.device)
@@ -328,9 +328,9 @@ def quantize_kv(k, v, *, block_n, head_dim_padded, smooth_k, v_fp8, per_head=Non
     """
     batch, kv_heads, kv_len, head_dim = k.shape
     dev = k.device
-    n_blocks = triton.cdiv(kv_len, block_n)
+    n_blocks = cdiv(kv_len, block_n)
     kv_len_padded = n_blocks * block_n
-    n_chunks = triton.cdiv(kv_len, STATS_CHUNK)
+    n_chunks = cdiv(kv_len, STATS_CHUNK)
     parts = 2 if v_fp8 else 1
     out = {
         "k_int8": torch.empty(batch, kv_heads, kv_len, head_dim_padded, dtype=torch.int8, device=dev),
