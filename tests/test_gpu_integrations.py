@@ -6,11 +6,14 @@ emulation; here the kernels run, and the models are held to the agreement bound 
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import AGREEMENT, bert, llama, tokens, transformers
 
+import sage_fast
 import sage_ref
 from sage_fast.integrations import calibrate, route_sdpa
 from sage_fast.integrations import transformers as sage_hf
+from sage_fast.integrations.variants import AUTO_MIN_KEYS, resolve
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -81,6 +84,21 @@ def test_generate_and_route_on_the_gpu():
                                                        min_new_tokens=6, do_sample=False, pad_token_id=0)  # fmt: skip
     assert (generated[name] == generated["sdpa"]).float().mean() > 0.9
     assert counts.sage_calls == 2 * 6  # the routed sdpa path: prefill and 5 decode steps, 2 layers
+
+
+def test_auto_routes_short_calls_to_torch_and_long_ones_to_sage():
+    """On the GPU "auto" leaves a call with fewer keys than AUTO_MIN_KEYS to torch's SDPA (its exact output) and
+    runs sage from there on (the drop-in's exact output), counting each."""
+    precision = resolve("auto", torch.device("cuda"))
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    for kv_len, expected in ((AUTO_MIN_KEYS[precision] - 1, "torch"), (AUTO_MIN_KEYS[precision], precision)):
+        shapes = ((1, 2, 100, 64), (1, 2, kv_len, 64), (1, 2, kv_len, 64))
+        q, k, v = (torch.randn(s, generator=gen, device="cuda", dtype=torch.float16) for s in shapes)
+        with torch.no_grad(), route_sdpa() as counts:
+            out = F.scaled_dot_product_attention(q, k, v)
+        reference = F.scaled_dot_product_attention(q, k, v) if expected == "torch" else (
+            sage_fast.scaled_dot_product_attention(q, k, v, pv=expected))  # fmt: skip
+        assert torch.equal(out, reference) and dict(counts.variants) == {expected: 1}
 
 
 def test_calibration_times_the_variants_and_picks_the_fastest_that_passes():

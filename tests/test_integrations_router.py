@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import sage_fast
 from sage_fast.integrations import CallCounts, route_sdpa
-from sage_fast.integrations.variants import AUTO_MIN_QUERIES, resolve
+from sage_fast.integrations.variants import AUTO_MIN_KEYS, AUTO_MIN_QUERIES, resolve
 
 
 @st.composite
@@ -70,6 +70,22 @@ def test_auto_leaves_calls_shorter_than_a_query_tile_to_torch(q_len):
     expected = F.scaled_dot_product_attention(q, k, v) if variant == "torch" else (
         sage_fast.scaled_dot_product_attention(q, k, v, pv=variant))  # fmt: skip
     assert torch.equal(out, expected) and dict(counts.variants) == {variant: 1} and counts.fallback_calls == 0
+
+
+@pytest.mark.parametrize("capability, precision", [((9, 0), "fp8"), ((8, 9), "fp8"), ((8, 0), "fp16")])
+def test_auto_leaves_calls_with_few_keys_on_a_gpu_to_torch(monkeypatch, capability, precision):
+    """On a GPU "auto" runs torch's SDPA for calls with fewer keys than the measured crossover of its P·V precision,
+    and sage from there on; the query rule still applies, a run's variant (no lengths) is sage's, explicit
+    variants are taken literally, and the CPU emulation ignores the key rule (it runs for testing)."""
+    monkeypatch.setattr(sage_fast.api, "cuda_capability", lambda device: capability)
+    cuda, keys = torch.device("cuda"), AUTO_MIN_KEYS[precision]
+    chosen = [resolve("auto", cuda, 4096, n) for n in (1, keys - 1, keys, 10**6)]
+    assert chosen == ["torch", "torch", precision, precision]
+    assert resolve("auto", "cuda:0", AUTO_MIN_QUERIES - 1, 10**6) == "torch"
+    assert resolve("auto", cuda, AUTO_MIN_QUERIES, keys) == precision
+    assert resolve("auto", cuda) == resolve("auto", cuda, None, None) == precision
+    assert [resolve(v, cuda, 1, 1) for v in ("fp8", "fp16", "torch")] == ["fp8", "fp16", "torch"]
+    assert resolve("auto", torch.device("cpu"), AUTO_MIN_QUERIES, 1) == resolve("auto", "cpu") == "fp16"
 
 
 def test_a_call_torch_refuses_is_torchs_to_refuse():

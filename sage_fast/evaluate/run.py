@@ -144,7 +144,7 @@ def evaluate(args) -> dict:
 
     plan = sage_plan(args, model)
     # The variant resolved once for the whole run, so that sage runs every call, decode steps included: "auto"
-    # itself would leave calls with fewer than AUTO_MIN_QUERIES queries to torch (variants.resolve).
+    # itself would leave decode steps and short calls to torch (variants.resolve).
     variant = resolve(args.variant, torch.device(args.device))
     sage_hf.register(SAGE_NAME, variant=variant, implementation=args.implementation)
     if plan is not None:

@@ -14,8 +14,8 @@ class CallCounts:
     ----------
     variants : collections.Counter
         Calls that ran each variant by choice: "fp8" or "fp16" (sageattn), "torch" (torch's SDPA because
-        a plan or an option asked for it, or "auto" chose it for a call with fewer than
-        ``variants.AUTO_MIN_QUERIES`` queries).
+        a plan or an option asked for it, or "auto" chose it where torch is faster:
+        ``variants.resolve``).
     fallbacks : collections.Counter
         Calls that were meant for sage but ran torch's SDPA because sage cannot honour them, keyed by
         the reason (sage's own error message, or what the integration checked).

@@ -109,8 +109,8 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     Parameters
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
-        The variant of every layer ("auto": torch's SDPA for calls with fewer than
-        ``variants.AUTO_MIN_QUERIES`` queries, else sageattn's P·V choice; ``variants.resolve``); leave it
+        The variant of every layer ("auto": torch's SDPA where it is faster, decode
+        steps and short calls on a GPU, else sageattn's P·V choice; ``variants.resolve``); leave it
         "auto" when a ``plan`` is given: a plan's variants are taken literally, for calls of every length.
     plan : AttentionPlan, optional
         Per-layer variants keyed by attention module name (e.g. from ``capture`` and

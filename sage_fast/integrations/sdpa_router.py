@@ -40,8 +40,8 @@ class SageSDPA(TorchFunctionMode):
     ----------
     variant : {"auto", "fp8", "fp16", "torch"}
         What the routed calls run (see ``sage_fast.integrations.variants``); "torch" counts the calls
-        and changes nothing; "auto" leaves calls with fewer than ``variants.AUTO_MIN_QUERIES`` queries
-        (decode steps) to torch (``variants.resolve``) and counts them as "torch".
+        and changes nothing; "auto" leaves the calls where torch's SDPA is faster to it (decode steps, and on a GPU
+        calls with fewer keys than ``variants.AUTO_MIN_KEYS``; ``variants.resolve``) and counts them as "torch".
     implementation : {"auto", "triton", "numba", "reference"}
         Passed to ``sage_fast.sageattn`` ("auto": the Triton kernels on CUDA tensors, the sage_ref
         emulation on the CPU).
@@ -83,9 +83,9 @@ class SageSDPA(TorchFunctionMode):
         ]
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
-        query = call["query"]
-        q_len = query.shape[-2] if isinstance(query, torch.Tensor) and query.dim() >= 2 else None
-        variant = resolve(self.variant, query.device, q_len) if tensors else self.variant
+        query, key = call["query"], call["key"]
+        q_len, kv_len = (t.shape[-2] if isinstance(t, torch.Tensor) and t.dim() >= 2 else None for t in (query, key))
+        variant = resolve(self.variant, query.device, q_len, kv_len) if tensors else self.variant
         if variant == "torch":
             self.counts.record("torch")
             return func(*args, **kwargs)

@@ -115,7 +115,7 @@ class SageAttention:
                  position_bias=None, **kwargs):  # fmt: skip
         """query [B, H, Nq, D], key/value [B, Hkv, Nkv, D] → ([B, Nq, H, D], None), like transformers' "sdpa"."""
         call = sdpa_call(module, query, key, value, attention_mask, dropout, scaling, is_causal, position_bias, kwargs)
-        variant = resolve(self.module_variants.get(module, self.variant), query.device, query.shape[2])
+        variant = resolve(self.module_variants.get(module, self.variant), query.device, query.shape[2], key.shape[2])
         if variant == "torch":
             sdpa_attention = require("transformers.integrations.sdpa_attention")
             out = sdpa_attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
@@ -160,9 +160,9 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     name : str
         The ``attn_implementation`` name; not one of transformers' own ("sdpa", "eager", ...).
     variant : {"auto", "fp8", "fp16", "torch"}
-        What every layer runs unless ``apply_plan`` says otherwise ("auto": torch's SDPA for calls with
-        fewer than ``variants.AUTO_MIN_QUERIES`` queries, i.e. decode steps, else fp8 P·V on sm89+ GPUs and
-        fp16 P·V elsewhere; ``variants.resolve`` says why).
+        What every layer runs unless ``apply_plan`` says otherwise ("auto": torch's SDPA where it is faster, i.e.
+        decode steps and, on a GPU, calls with fewer keys than ``variants.AUTO_MIN_KEYS``, else fp8 P·V on sm89+
+        GPUs and fp16 P·V elsewhere; ``variants.resolve`` says why).
     implementation : {"auto", "triton", "numba", "reference"}
         Passed to ``sage_fast.sageattn``; "auto" runs the Triton kernels on CUDA tensors and the
         sage_ref emulation on CPU tensors.

@@ -11,7 +11,8 @@ variant  what runs                                                        accura
 Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
 (``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
 "fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.02-1.15x;
-0.57-0.80x at 1k tokens, where "torch" is faster and more accurate than either). The order of ``VARIANTS``
+0.57-0.80x at 1k tokens, where "torch" is faster and more accurate than either); "auto" follows those
+crossovers (``resolve``). The order of ``VARIANTS``
 (fp8, fp16, torch: the paper's assumption that lower P·V precision is faster) is only the fallback where
 nothing is timed. The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
 (``sage_ref.sage_attention(pv="int8")``), not as a kernel.
@@ -33,6 +34,9 @@ SAGE_VARIANTS = ("fp8", "fp16")
 CHOICES = ("auto", *VARIANTS)  # "auto": see ``resolve``
 # "auto" runs torch's SDPA for calls with fewer queries than this: one query tile of the kernels (BLOCK_M).
 AUTO_MIN_QUERIES = 64
+# ... and, on a GPU, for calls with fewer keys than this per P·V precision: where the whole sageattn call first
+# matched torch's SDPA (cuDNN) at every head size and mask in the benchmarks (H100 and H200, B·N = 16k, H = 32).
+AUTO_MIN_KEYS = {"fp8": 4096, "fp16": 8192}
 
 
 def check_options(variant: str, implementation: str) -> None:
@@ -102,21 +106,34 @@ def mask_layout(attn_mask, is_causal: bool) -> str:
     return f"causal + {rows}" if is_causal else rows
 
 
-def resolve(variant: str, device: torch.device, q_len: int | None = None) -> str:
-    """The variant that runs a call of ``q_len`` queries on ``device`` (None: a run's variant, whatever its calls).
+def resolve(variant: str, device: torch.device, q_len: int | None = None, kv_len: int | None = None) -> str:
+    """The variant that runs a call of ``q_len`` queries over ``kv_len`` keys on ``device`` (None: not known, e.g. a
+    run's variant, whatever its calls).
 
-    "auto" becomes "torch" for a call with fewer than ``AUTO_MIN_QUERIES`` queries (decoding with a KV cache,
-    short chunks), else the P·V precision sageattn picks on ``device`` (fp8 on sm89+ GPUs, else fp16). Why:
-    with fewer queries than a tile each cached key serves few queries, so the call is memory-bound and the
-    8-bit arithmetic saves nothing, while quantizing K and V reads the whole cache twice more and a sage call
-    costs ≈ 0.2-0.3 ms of host time; on an H200 a decode step (one query over 4k-32k cached keys) took 16-257 µs
-    in torch's SDPA against 265-1337 µs in sageattn (docs/notes.md). The tile is a line drawn from the
-    arithmetic, not the measured crossover, which depends on batch, heads and cache length (at batch 1 over 8k
-    keys sage still lost at 256 queries; at batch 4 it won at 512); calibration decides per layer beyond it.
-    Other variants are returned as given.
+    "auto" is the P·V precision sageattn picks on ``device`` (fp8 on sm89+ GPUs, else fp16), except where torch's
+    SDPA is faster, which then runs:
+
+    - calls with fewer than ``AUTO_MIN_QUERIES`` queries (decoding with a KV cache, short chunks), on any device:
+      each cached key serves few queries, so the call is memory-bound and the 8-bit arithmetic saves nothing,
+      while sage quantizes K and V (reading them twice more) and spends ≈ 0.2-0.3 ms of host time. On an H200 a
+      decode step (one query over 4k-32k cached keys) took 16-257 µs in torch's SDPA against 265-1337 µs.
+    - on a GPU, calls with fewer than ``AUTO_MIN_KEYS[precision]`` keys: quantizing costs a fixed share per key
+      (a third or more of the call at 1k keys) and a sage call ≈ 0.2-0.5 ms of host time, so torch's
+      SDPA (cuDNN on Hopper) wins the short calls: H200 and H100 whole calls at B·N = 16k, fp8 0.54-0.82× at 1k
+      keys, 0.73-1.01× at 2k, 0.96-1.16× at 4k; fp16 0.54-0.80× at 1k, 0.88-0.99× at 4k, 0.97-1.10× at 8k. At
+      batch 1 a 1k-token causal prompt took 181-192 µs in sage against 35 in torch (host-bound). On the CPU,
+      where the emulation runs for testing, this rule does not apply.
+
+    The lines are measured crossovers of two cards, not a model: near them either can win by ≈ 10 % (at 8k keys
+    a chunk of 512 queries at batch 1 lost 7 %, 1024 won 1.6×); calibration measures each layer. Other variants
+    are returned as given. docs/notes.md has the measurements.
     """
     if variant != "auto":
         return variant
     if q_len is not None and q_len < AUTO_MIN_QUERIES:
         return "torch"
-    return resolve_pv("auto", torch.device(device), "auto")
+    device = torch.device(device)
+    precision = resolve_pv("auto", device, "auto")
+    if kv_len is not None and device.type == "cuda" and kv_len < AUTO_MIN_KEYS[precision]:
+        return "torch"
+    return precision
