@@ -229,9 +229,10 @@ def test_from_config_with_the_registered_name():
 
 
 def test_auto_runs_the_prefill_on_sage_and_the_decode_steps_on_torch():
-    """The "auto" variant leaves calls with fewer than a query tile (AUTO_MIN_QUERIES) to transformers' sdpa: a prompt of
-    that many tokens runs sage, each decode step (one query over the cache) torch, token for token as a run
-    that chooses by hand (sage's variant for the prompt, transformers' "sdpa" for the step)."""
+    """The "auto" variant leaves calls with fewer than a query tile (AUTO_MIN_QUERIES) to transformers' sdpa: on the
+    CPU (where the key-length rule is off) a prompt of that many tokens runs sage, each decode step (one query over
+    the cache) torch, token for token as a run that chooses by hand (sage's variant for the prompt, transformers'
+    "sdpa" for the step)."""
     model = llama()
     prompt, prompt_mask = tokens(seq_len=AUTO_MIN_QUERIES)
     auto = sage_hf.register("sage_auto_decode")
@@ -250,6 +251,29 @@ def test_auto_runs_the_prefill_on_sage_and_the_decode_steps_on_torch():
     layers = model.config.num_hidden_layers
     assert dict(sage_hf.counts(auto).variants) == {resolve("auto", prompt.device): layers, "torch": layers}
     assert torch.equal(logits[auto][0], logits[sage][0]) and torch.equal(logits[auto][1], logits[sage][1])
+
+
+def test_auto_chooses_by_the_query_and_cached_key_lengths(monkeypatch):
+    """What "auto" is asked about each call: the queries and the keys, cache included (the key rule needs the
+    latter), for the prompt and then a decode step over prompt + 1 keys."""
+    asked = []
+
+    def recording_resolve(variant, device, q_len=None, kv_len=None):
+        asked.append((variant, q_len, kv_len))
+        return "torch"
+
+    monkeypatch.setattr(sage_hf, "resolve", recording_resolve)
+    model = llama()
+    prompt, prompt_mask = tokens(seq_len=70)
+    model.set_attn_implementation(sage_hf.register("sage_auto_lengths"))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # past_key_values is being renamed in transformers 5.2x
+        cache = transformers.DynamicCache(config=model.config)
+        first = model(input_ids=prompt, attention_mask=prompt_mask, past_key_values=cache, use_cache=True)
+        model(input_ids=first.logits[:, -1:].argmax(-1), past_key_values=cache, use_cache=True,
+              attention_mask=torch.ones(2, 71, dtype=torch.long))  # fmt: skip
+    layers = model.config.num_hidden_layers
+    assert asked == [("auto", 70, 70)] * layers + [("auto", 1, 71)] * layers
 
 
 def test_a_missing_transformers_names_the_extra(monkeypatch):

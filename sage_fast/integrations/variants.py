@@ -11,7 +11,7 @@ variant  what runs                                                        accura
 Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
 (``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
 "fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.02-1.15x;
-0.57-0.80x at 1k tokens, where "torch" is faster and more accurate than either); "auto" follows those
+at 1k tokens fp8 0.62-0.82x, fp16 0.57-0.80x, where "torch" is faster and more accurate than either); "auto" follows those
 crossovers (``resolve``). The order of ``VARIANTS``
 (fp8, fp16, torch: the paper's assumption that lower P·V precision is faster) is only the fallback where
 nothing is timed. The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
@@ -34,8 +34,8 @@ SAGE_VARIANTS = ("fp8", "fp16")
 CHOICES = ("auto", *VARIANTS)  # "auto": see ``resolve``
 # "auto" runs torch's SDPA for calls with fewer queries than this: one query tile of the kernels (BLOCK_M).
 AUTO_MIN_QUERIES = 64
-# ... and, on a GPU, for calls with fewer keys than this per P·V precision: where the whole sageattn call first
-# matched torch's SDPA (cuDNN) at every head size and mask in the benchmarks (H100 and H200, B·N = 16k, H = 32).
+# ... and, on a CUDA device, for calls with fewer keys than this per P·V precision: from there on the whole sageattn
+# call ran at 0.96x torch's SDPA (cuDNN) or better at every head size, causal or not (H100, H200; B·N = 16k, H = 32).
 AUTO_MIN_KEYS = {"fp8": 4096, "fp16": 8192}
 
 
@@ -115,14 +115,15 @@ def resolve(variant: str, device: torch.device, q_len: int | None = None, kv_len
 
     - calls with fewer than ``AUTO_MIN_QUERIES`` queries (decoding with a KV cache, short chunks), on any device:
       each cached key serves few queries, so the call is memory-bound and the 8-bit arithmetic saves nothing,
-      while sage quantizes K and V (reading them twice more) and spends ≈ 0.2-0.3 ms of host time. On an H200 a
+      while sage quantizes K and V (reading them twice more) and spends ≈ 0.2-0.5 ms of host time. On an H200 a
       decode step (one query over 4k-32k cached keys) took 16-257 µs in torch's SDPA against 265-1337 µs.
-    - on a GPU, calls with fewer than ``AUTO_MIN_KEYS[precision]`` keys: quantizing costs a fixed share per key
+    - on a CUDA device, calls with fewer than ``AUTO_MIN_KEYS[precision]`` keys: quantizing costs a fixed share per key
       (a third or more of the call at 1k keys) and a sage call ≈ 0.2-0.5 ms of host time, so torch's
       SDPA (cuDNN on Hopper) wins the short calls: H200 and H100 whole calls at B·N = 16k, fp8 0.54-0.82× at 1k
       keys, 0.73-1.01× at 2k, 0.96-1.16× at 4k; fp16 0.54-0.80× at 1k, 0.88-0.99× at 4k, 0.97-1.10× at 8k. At
-      batch 1 a 1k-token causal prompt took 181-192 µs in sage against 35 in torch (host-bound). On the CPU,
-      where the emulation runs for testing, this rule does not apply.
+      batch 1 a 1k-token causal prompt took 181-192 µs in sage against 35 in torch (host-bound). It does not
+      apply on the CPU, where the emulation runs for testing (on CUDA tensors it applies whatever the
+      implementation).
 
     The lines are measured crossovers of two cards, not a model: near them either can win by ≈ 10 % (at 8k keys
     a chunk of 512 queries at batch 1 lost 7 %, 1024 won 1.6×); calibration measures each layer. Other variants
