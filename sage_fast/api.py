@@ -15,6 +15,7 @@ blocks, same rounding points), which works on any device.
 
 from __future__ import annotations
 
+import numbers
 import re
 from typing import Literal, Optional, overload
 
@@ -102,13 +103,14 @@ def _(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend
 def needs_dispatch(tensors) -> bool:
     """Whether a call must go through torch's dispatcher as the custom op, not straight to ``sageattn_impl``: under
     torch.compile's tracing, a dispatch or function mode (fake tensors, FLOP counters, ``with torch.device``),
-    for tensor subclasses, or when autograd would record the call (the op's missing backward raises where a
+    for tensor subclasses, for meta tensors (shapes only: the op's fake implementation answers), or when autograd
+    would record the call (the op's missing backward raises where a
     direct call would return an output silently cut from the graph)."""
     return (
         torch.compiler.is_compiling()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
-        or any(type(t) is not torch.Tensor for t in tensors)
+        or any(type(t) is not torch.Tensor or t.is_meta for t in tensors)
         or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
     )
 
@@ -201,7 +203,10 @@ def sageattn(
     pv : {"auto", "fp16", "fp8"}
         Precision of the P·V product. "auto" is "fp8" on CUDA GPUs of compute capability >= 8.9 (as
         SageAttention2 does there; about rel-L1 0.04 on diffuse attention, twice the tensor-core
-        rate) and "fp16" elsewhere. Pass "fp16" for the accurate path (about rel-L1 0.01).
+        rate) and "fp16" elsewhere. Pass "fp16" for the accurate path (about rel-L1 0.01). Its range is
+        fp16's, as in SageAttention v1's kernel: V is rounded to fp16 and each 128-key tile's Σ p·v is
+        summed in fp16, so it must stay below 65504 (|v| <= 511 always does; beyond, a row overflows to
+        inf, never to a finite wrong value). "fp8" scales V per channel and has no such limit.
     attn_mask : torch.Tensor, optional
         Boolean (True = attend, torch's convention) or an additive float bias in natural-log units
         (added to Q Kᵀ · sm_scale, as torch's SDPA does), broadcastable to
@@ -332,7 +337,7 @@ def scaled_dot_product_attention(
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != 4:
             raise ValueError(f"{name} must be 4-d [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, numbers.Real):
         raise TypeError(f"dropout_p must be a float, got {dropout_p!r}")
     if dropout_p != 0.0:
         raise ValueError(

@@ -8,6 +8,7 @@ inside a kernel.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -81,8 +82,9 @@ def check_flag(name: str, value) -> bool:
 
 
 def check_choice(name: str, value, choices):
-    """An option that must be one of ``choices``."""
-    if value not in choices:
+    """An option that must be one of ``choices`` (strings, or None where listed; anything else, an array included,
+    is refused by name rather than compared elementwise)."""
+    if not (value is None or isinstance(value, str)) or value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value
 
@@ -95,14 +97,18 @@ def check_block(name: str, value) -> int:
 
 
 def resolve_sm_scale(sm_scale, head_dim: int) -> float:
-    """The softmax scale: ``head_dim ** -0.5`` by default, else a finite real number."""
+    """The softmax scale: ``head_dim ** -0.5`` by default, else a finite real number (Python's or NumPy's)."""
     if sm_scale is None:
         return head_dim**-0.5
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)):
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, numbers.Real):
         raise TypeError(f"sm_scale must be a float or None, got {sm_scale!r}")
-    if not math.isfinite(sm_scale):
+    try:
+        value = float(sm_scale)
+    except OverflowError:  # an int beyond float's range
+        value = math.inf
+    if not math.isfinite(value):
         raise ValueError(f"sm_scale must be finite, got {sm_scale!r}")
-    return float(sm_scale)
+    return value
 
 
 MASK_DTYPES = (torch.bool, *FLOAT_DTYPES)

@@ -109,12 +109,15 @@ def divide(a, b) -> torch.Tensor:
 
 
 def reciprocal_scale(amax: torch.Tensor, target_max: float) -> torch.Tensor:
-    """target_max / amax, and 0 where amax is 0 (an all-zero group quantizes to 0, no division by zero).
+    """target_max / amax, and 0 where that overflows: amax = 0 (an all-zero group) or amax < target_max / FP32_MAX
+    (≈ 3.7e-37 for int8, 1.3e-36 for e4m3). Such a group quantizes to codes 0 and dequantizes to 0, within
+    1.3e-36 of its values, where its codes would otherwise be x · inf (inf, or NaN for x = 0).
 
     Kernels divide once per group and multiply every element: an IEEE division per element
     costs about twenty instructions, which made quantization a third of a short call's time.
     """
-    return torch.where(amax == 0, 0.0, divide(target_max, amax))
+    inv = divide(target_max, torch.where(amax == 0, 1.0, amax))
+    return torch.where((amax == 0) | torch.isinf(inv), 0.0, inv)
 
 
 def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int = 64, warps: int = 4) -> Int8Quantized:

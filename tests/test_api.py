@@ -13,6 +13,7 @@ from __future__ import annotations
 import doctest
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -191,6 +192,43 @@ def test_constant_keys_give_the_mean_of_v(implementation):
     torch.testing.assert_close(lse.double(), expected_lse, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pv", ["fp16", "fp8"])
+def test_tiles_and_channels_too_small_to_scale_give_finite_outputs(pv):
+    """A Q tile, a K tile after smoothing and a V channel whose largest |value| is ≈ 1e-37: 127 / max (448 / max for
+    V) overflows fp32, so they quantize to 0 (``sage_ref.quantization.reciprocal_scale``), not to x · inf. The
+    outputs are finite, the kernel's equal the emulation's, the tiny V channel reads ≈ 0 and the rows of the tiny
+    Q tile see uniform attention (their true scores are ≈ 1e-37): the mean of V."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 2, n, 32, generator=gen) for n in (70, 130, 130))
+    q[:, :, :64] *= 1e-37  # the first query tile
+    k[:, :, :] = k[:, :, :1] + 1e-37 * k  # every key ≈ one key: smoothing leaves ≈ 1e-37 in every K tile
+    v[..., 0] *= 1e-37  # one V channel
+    check_against_reference(Problem(q, k, v, "HND", "contiguous", "none", dict(pv=pv)), elementwise=pv == "fp16")
+    for implementation in ("triton", "reference"):
+        out = sage_fast.sageattn(q, k, v, pv=pv, implementation=implementation)
+        assert torch.isfinite(out).all() and out[..., 0].abs().max() <= 1e-36
+        mean = v.mean(dim=2, keepdim=True)[..., 1:].expand(1, 2, 64, 31)
+        torch.testing.assert_close(out[:, :, :64, 1:], mean, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("implementation", ["triton", "reference"])
+def test_fp16_pv_range_is_fp16s(implementation):
+    """pv="fp16" sums each 128-key tile's p·v in fp16 (the v1 kernel's arithmetic, documented in sageattn): with
+    |v| = 511 a tile of equal scores sums to ≈ 65408 and the output is ≈ 511 (fp16 sums round at 32 there, 0.1 %
+    of the row after division); with |v| = 600 the tile sum passes
+    65504 and the output is inf, not a finite wrong value; pv="fp8" scales V per channel and reads ≈ 600."""
+    q = torch.zeros(1, 1, 4, 16, dtype=torch.float16)  # equal scores: p = 1 for every key
+    k = torch.randn(1, 1, 128, 16, generator=torch.Generator().manual_seed(0)).half()
+    for value, finite in ((511.0, True), (600.0, False)):
+        v = torch.full((1, 1, 128, 16), value, dtype=torch.float16)
+        out = sage_fast.sageattn(q, k, v, pv="fp16", implementation=implementation)
+        assert bool(torch.isfinite(out).all()) == finite
+        if finite:
+            torch.testing.assert_close(out.float(), torch.full_like(out.float(), value), rtol=2e-3, atol=0)
+    out = sage_fast.sageattn(q, k, v, pv="fp8", implementation=implementation)
+    torch.testing.assert_close(out.float(), torch.full_like(out.float(), 600.0), rtol=0.07, atol=0)
+
+
 def test_callers_tensors_are_untouched():
     """1.0.6 subtracts K's mean in place. Here every input, mask included, keeps its values and strides."""
     gen = torch.Generator().manual_seed(3)
@@ -223,12 +261,28 @@ BAD_CALLS = [
     (dict(return_lse="yes"), TypeError, "return_lse"),
     (dict(sm_scale="0.1"), TypeError, "sm_scale"),
     (dict(sm_scale=float("nan")), ValueError, "sm_scale"),
+    (dict(sm_scale=2**1100), ValueError, "sm_scale must be finite"),  # an int past float's range
+    (dict(pv=np.array(["fp8", "fp16"])), ValueError, "pv must be one of"),  # not compared elementwise
+    (dict(tensor_layout=np.array(["HND"])), ValueError, "tensor_layout must be one of"),
     (dict(pv="int8"), ValueError, "pv"),
     (dict(implementation="cuda"), ValueError, "implementation"),
     (dict(attn_mask=torch.zeros(9, 10)), ValueError, "attn_mask"),
     (dict(attn_mask=torch.zeros(9, 9, dtype=torch.int64)), TypeError, "attn_mask"),
     (dict(q=torch.zeros(1, 2, 9, 8, dtype=torch.float64), implementation="triton"), TypeError, "float64"),
 ]
+
+
+def test_numpy_scalars_are_numbers_and_meta_tensors_give_shapes():
+    """NumPy scalars pass as torch's SDPA takes them (the same output as the Python float); meta tensors (shapes
+    only, no data) get the op's fake implementation: the output's and lse's shapes, as on a real device."""
+    q, k, v = (torch.randn(1, 2, 9, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    expected = sage_fast.sageattn(q, k, v, sm_scale=0.25)
+    assert torch.equal(sage_fast.sageattn(q, k, v, sm_scale=np.float32(0.25)), expected)
+    assert torch.equal(sage_fast.scaled_dot_product_attention(q, k, v, dropout_p=np.float32(0), scale=np.float64(0.25)),
+                       sage_fast.scaled_dot_product_attention(q, k, v, scale=0.25))  # fmt: skip
+    meta = torch.empty(1, 9, 2, 8, device="meta", dtype=torch.float16)
+    out, lse = sage_fast.sageattn(meta, meta, meta, tensor_layout="NHD", return_lse=True)
+    assert out.is_meta and out.shape == meta.shape and out.dtype == meta.dtype and lse.shape == (1, 2, 9)
 
 
 @pytest.mark.parametrize("call, error, match", BAD_CALLS, ids=[c[2] for c in BAD_CALLS])

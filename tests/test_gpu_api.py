@@ -85,6 +85,33 @@ def test_constant_keys_and_tail_keys(pv):
     check(q, gaussian((1, 4, 4097, 64), torch.float16, gen), v, "HND", pv=pv)
 
 
+@pytest.mark.parametrize("pv", ["fp16", "fp8"])
+def test_tiles_and_channels_too_small_to_scale(pv):
+    """fp32 inputs: a Q tile and a V channel of largest |value| ≈ 1e-37, where 127 / max (448 / max) overflows
+    fp32: they quantize to 0 (sage_ref.quantization.reciprocal_scale), where a GPU's saturating cast of the inf
+    codes would give garbage. Finite, the tiny channel ≈ 0, within the bound of the emulation."""
+    gen = torch.Generator(device="cuda").manual_seed(6)
+    q, k, v = (gaussian((1, 4, n, 64), torch.float32, gen) for n in (1000, 1000, 1000))
+    q[:, :, :64] *= 1e-37
+    v[..., 0] *= 1e-37
+    out = sage_fast.sageattn(q, k, v, pv=pv)
+    assert torch.isfinite(out).all() and out[..., 0].abs().max() <= 1e-36
+    check(q, k, v, "HND", pv=pv)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])  # rung 3, and on sm90 rung 7 (Gluon)
+def test_fp16_pv_range_is_fp16s(head_dim):
+    """pv="fp16" sums each 128-key tile's p·v in fp16 (documented in sageattn): equal scores over |v| = 511 give
+    ≈ 511, over |v| = 600 the tile sum passes 65504 and the output is inf, never a finite wrong value."""
+    q = torch.zeros(1, 2, 100, head_dim, device="cuda", dtype=torch.float16)
+    k = torch.randn(1, 2, 300, head_dim, device="cuda", dtype=torch.float16)
+    for value, finite in ((511.0, True), (600.0, False)):
+        out = sage_fast.sageattn(q, k, torch.full_like(k, value), pv="fp16").float()
+        assert bool(torch.isfinite(out).all()) == finite
+        if finite:
+            torch.testing.assert_close(out, torch.full_like(out, value), rtol=2e-3, atol=0)
+
+
 def test_cuda_graph_capture_and_compile():
     """The custom op can be captured in a CUDA graph and traced by torch.compile(fullgraph=True)."""
     gen = torch.Generator(device="cuda").manual_seed(0)

@@ -92,6 +92,18 @@ def test_sage_rungs_span_tiles(rung):
     check_rung(rung, *fixed(70, 67, seed=1))
 
 
+@pytest.mark.parametrize("rung", SAGE_RUNGS, ids=lambda r: r.name)
+def test_sage_rungs_tiles_too_small_to_scale(rung):
+    """A Q tile, then every K tile (after smoothing), of largest |value| ≈ 1e-37, where 127 / max overflows fp32:
+    they quantize to 0 as sage_ref does (uniform attention over the keys that row sees), the outputs finite. (Under
+    the simulator NumPy casts the overflowed inf codes to int32's minimum, whose low byte happens to be 0; a GPU
+    would saturate them to -1 codes without the guard.)"""
+    q, k, v, causal = fixed(70, 67, dtype=torch.float32, seed=2)
+    q[:, :, :64] *= 1e-37
+    check_rung(rung, q, k, v, causal)
+    check_rung(rung, q, k[:, :, :1] + 1e-37 * k, v, causal)
+
+
 @pytest.mark.parametrize(("rung", "head_dim"), [(RUNGS[4], 160), (RUNGS[5], 72)], ids=lambda x: getattr(x, "name", x))
 def test_register_tile_rungs_refuse_head_dims_past_their_shared_memory(rung, head_dim):
     x = torch.randn(1, 1, 4, head_dim)

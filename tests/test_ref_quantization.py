@@ -239,3 +239,28 @@ def test_e4m3_half_ulp_matches_torch():
     gaps = grid.diff()
     assert torch.equal(e4m3_half_ulp(grid[:-1]), gaps / 2)
     assert math.isclose(float(grid.max()), 448.0)
+
+
+@pytest.mark.parametrize("tiny", [1e-45, 1e-38, 3e-37, 1e-36, 2e-36])
+def test_groups_whose_reciprocal_overflows_quantize_to_zero(tiny):
+    """127 / max|x| overflows fp32 below ≈ 3.7e-37 and 448 / max|v| below ≈ 1.3e-36: such a group quantizes to
+    codes 0 (it dequantizes to 0, within max|x| of every value) instead of x · inf (NaN where x = 0); a group just
+    above the line quantizes normally. One group of the tensor is tiny, the others are not."""
+    x = torch.randn(1, 2, 128, 16, generator=torch.Generator().manual_seed(0))
+    x[:, :, :64] *= tiny / x[:, :, :64].abs().amax()  # the first 64-token block: max |x| = tiny
+    x[:, :, :64, 0] = 0.0  # zeros inside the tiny group (0 · inf would be NaN)
+    q = quantize_int8(x, "block", 64)
+    codes, scale = q.codes.to(torch.float64), q.token_scale().double()[..., None]
+    error = (codes * scale - x.double()).abs()
+    overflows = 127.0 / tiny > torch.finfo(torch.float32).max  # (no value here is near the exact line)
+    assert torch.isfinite(error).all() and (codes[:, :, :64] == 0).all() == overflows
+    assert (error[:, :, :64] <= x[:, :, :64].abs().amax().double()).all()
+    assert (error[:, :, 64:] <= scale[:, :, 64:] * (0.5 + SLACK)).all()
+    v = torch.randn(1, 2, 64, 16, generator=torch.Generator().manual_seed(1))
+    v[..., 0] = v[..., 0] * (tiny / v[..., 0].abs().amax())
+    v[0, 0, 0, 0] = 0.0  # channel 0 is tiny (per-channel groups)
+    fp8, v_scale = quantize_v_fp8(v)
+    dequant = fp8.double() * v_scale.double()
+    assert torch.isfinite(dequant).all()
+    assert (fp8[..., 0].double() == 0).all() == (448.0 / tiny > torch.finfo(torch.float32).max)
+    assert ((dequant[..., 0] - v[..., 0].double()).abs() <= v[..., 0].abs().amax().double()).all()

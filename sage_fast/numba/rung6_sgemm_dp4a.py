@@ -85,6 +85,16 @@ INT8_MAX = np.float32(127.0)
 HALF = np.float32(0.5)
 
 
+@cuda.jit(device=True)
+def int8_reciprocal(amax):
+    """127 / amax, and 0 where that overflows (amax 0, or below 127 / FP32_MAX): such a tile quantizes to 0, as
+    ``sage_ref.quantization.reciprocal_scale``."""
+    if amax == ZERO:
+        return ZERO
+    inv = INT8_MAX / amax
+    return ZERO if math.isinf(inv) else inv
+
+
 def dp4a_simulated(a, b, c):
     """c + Σ_k a_k · b_k over the four signed bytes of the int32 words a and b: dp4a, in Python."""
     total = int(c)
@@ -167,7 +177,7 @@ def build_prepare_kv(HEAD_DIM: int, dtype: str):
         amax = block_max(buf, tid, amax)
         if tid == 0:
             KScale[bh * (kv_rows // BLOCK_N) + tile] = amax / INT8_MAX
-        inv = ZERO if amax == ZERO else INT8_MAX / amax  # one division per tile, a multiply per element
+        inv = int8_reciprocal(amax)  # one division per tile, a multiply per element
         for e in range(tid, BLOCK_N * WORDS, BLOCK_THREADS):
             j, w = start + e // WORDS, e % WORDS
             for c in range(4):
@@ -237,7 +247,7 @@ def build_kernel(HEAD_DIM: int, dtype: str):
                 amax = max(amax, abs(np.float32(Q[(bh * q_len + i) * head_dim + e % head_dim]) * qk_scale))
         amax = block_max(buf, tid, amax)
         q_scale = amax / INT8_MAX
-        inv = ZERO if amax == ZERO else INT8_MAX / amax
+        inv = int8_reciprocal(amax)
         for e in range(tid, BLOCK_M * WORDS, BLOCK_THREADS):
             r, w = e // WORDS, e % WORDS
             i = start_m + r

@@ -32,8 +32,10 @@ def quantize_tile(x, row_ok):
     x = tl.where(row_ok[:, None], x, 0.0)
     amax = nan_poisoned(tl.max(tl.max(tl.abs(x), 1), 0), tl.sum(tl.sum(x * 0.0, 1), 0))
     scale = tl.math.div_rn(amax, 127.0)
-    # One division per tile, a multiply per element (an IEEE division per element is ~20 instructions).
-    xs = x * tl.where(amax == 0.0, 0.0, tl.math.div_rn(127.0, tl.where(amax == 0.0, 1.0, amax)))
+    # One division per tile, a multiply per element (an IEEE division per element is ~20 instructions); 0 where
+    # the reciprocal overflows (amax 0, or below 127 / FP32_MAX), as sage_ref.quantization.reciprocal_scale.
+    inv = tl.math.div_rn(127.0, tl.where(amax == 0.0, 1.0, amax))
+    xs = x * tl.where((amax == 0.0) | (inv == float("inf")), 0.0, inv)
     codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)
     return codes, scale
 
@@ -157,7 +159,8 @@ def quantize_v_tile(v, v_amax, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HE
     offs_d = tl.arange(0, HEAD_DIM)
     if blk == 0:
         tl.store(VScale + bh64 * HEAD_DIM + offs_d, tl.math.div_rn(v_amax, 448.0))
-    inv = tl.where(v_amax == 0.0, 0.0, tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax)))
+    inv = tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax))
+    inv = tl.where((v_amax == 0.0) | (inv == float("inf")), 0.0, inv)  # overflowed: the channel quantizes to 0
     # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
     # store is contiguous bytes, not one byte every kv_len_padded; within every 32 keys in the
     # order of an 8-bit MMA operand (common.operand_key_order), so P needs no shuffles.
