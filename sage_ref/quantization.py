@@ -4,7 +4,8 @@ INT8 (Q and K):  scale = max|x| / 127 over a group of tokens,
 code = round(x · (127 / max|x|)), rounded half away from zero (``trunc(x/scale ± 0.5)``, what a GPU's truncating
 float->int conversion gives after adding ±0.5). Codes lie in [-127, 127] and
 |x - code · scale| <= scale / 2. An all-zero group gets scale 0 and codes 0: no
-division by zero.
+division by zero. A group whose 127 / max|x| overflows fp32 (max|x| < 3.7e-37) gets codes 0 as well, where it
+would otherwise get x · inf.
 
 The *granularity* says which tokens share a scale (per batch and head):
 
@@ -124,7 +125,7 @@ def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int =
     """Symmetric INT8 quantization of x [B, H, N, D] with one scale per token group.
 
     scale_g = max_{t in g} |x_t| / 127 (fp32);  code_t = round(x_t · (127 / max_{t in g} |x_t|)).
-    A group whose scale is 0 gets codes 0. A NaN in a group makes its scale NaN, so NaN
+    A group whose scale is 0, or whose 127 / max|x| overflows fp32, gets codes 0. A NaN in a group makes its scale NaN, so NaN
     survives dequantization.
     """
     x = check_float_tensor("x", x).to(torch.float32)
