@@ -104,8 +104,8 @@ def needs_dispatch(tensors) -> bool:
     """Whether a call must go through torch's dispatcher as the custom op, not straight to ``sageattn_impl``: under
     torch.compile's tracing, a dispatch or function mode (fake tensors, FLOP counters, ``with torch.device``),
     for tensor subclasses, for meta tensors (shapes only: the op's fake implementation answers), or when autograd
-    would record the call (the op's missing backward raises where a
-    direct call would return an output silently cut from the graph)."""
+    would record the call (the op's missing backward raises where a direct call would return an output silently
+    cut from the graph)."""
     return (
         torch.compiler.is_compiling()
         or torch._C._len_torch_dispatch_stack() > 0

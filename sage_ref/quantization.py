@@ -125,8 +125,8 @@ def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int =
     """Symmetric INT8 quantization of x [B, H, N, D] with one scale per token group.
 
     scale_g = max_{t in g} |x_t| / 127 (fp32);  code_t = round(x_t · (127 / max_{t in g} |x_t|)).
-    A group whose scale is 0, or whose 127 / max|x| overflows fp32, gets codes 0. A NaN in a group makes its scale NaN, so NaN
-    survives dequantization.
+    A group whose scale is 0, or whose 127 / max|x| overflows fp32, gets codes 0. A NaN in a group makes its
+    scale NaN, so NaN survives dequantization.
     """
     x = check_float_tensor("x", x).to(torch.float32)
     b, h, n, _ = x.shape

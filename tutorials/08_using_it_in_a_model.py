@@ -170,11 +170,11 @@ assert torch.equal(logits_routed, logits_sage) and counts.sage_calls == 2
 # first quantize the whole cache (reading it twice more) at ≈ 0.2-0.5 ms of host time per call. On an H200 a step
 # over 4k-32k cached keys took 16-257 µs in torch's SDPA against 265-1337 µs in sageattn. So "auto" leaves calls
 # with fewer queries than one query tile (64) to torch. On a GPU it also leaves short calls to torch: below 4k
-# keys (8k where P·V runs in fp16) torch's SDPA was as fast or faster in all but one benchmark cell, because quantizing K and V and the
-# host time are a large share of a short call (at batch 1, a 1k-token causal prompt: 35 µs in torch, 181-192 in
-# sage). This prompt has 64 tokens, so on a GPU "auto" runs it on torch too; on the CPU, where the emulation runs
-# for learning, the key rule is off and the prompt runs sage. Pass `variant="fp8"` or `"fp16"` to run sage on
-# every call (as the accuracy tests do).
+# keys (8k where P·V runs in fp16) torch's SDPA was as fast or faster in all but one benchmark cell, because
+# quantizing K and V and the host time are a large share of a short call (at batch 1, a 1k-token causal prompt:
+# 35 µs in torch, 181-192 in sage). This prompt has 64 tokens, so on a GPU "auto" runs it on torch too; on the
+# CPU, where the emulation runs for learning, the key rule is off and the prompt runs sage. Pass `variant="fp8"`
+# or `"fp16"` to run sage on every call (as the accuracy tests do).
 # [Using it in real models](../integrations.md) covers diffusers, the adaptive per-layer plan and the
 # end-to-end evaluation command.
 

@@ -11,11 +11,10 @@ variant  what runs                                                        accura
 Which is fastest depends on the GPU, the head_dim and the length, so calibration measures it
 (``sage_fast.integrations.calibration``). On an H200 (docs/benchmarks.md: fp16 inputs, 1k-32k tokens)
 "fp8" beats torch's SDPA with cuDNN only from about 4k tokens, and "fp16" only from 8-16k (1.02-1.15x;
-at 1k tokens fp8 0.62-0.82x, fp16 0.57-0.80x, where "torch" is faster and more accurate than either); "auto" follows those
-crossovers (``resolve``). The order of ``VARIANTS``
-(fp8, fp16, torch: the paper's assumption that lower P·V precision is faster) is only the fallback where
-nothing is timed. The v1 paper's INT8 P·V is left out: it exists only in the sage_ref emulation
-(``sage_ref.sage_attention(pv="int8")``), not as a kernel.
+at 1k tokens fp8 0.62-0.82x, fp16 0.57-0.80x, where "torch" is faster and more accurate than either); "auto"
+follows those crossovers (``resolve``). The order of ``VARIANTS`` (fp8, fp16, torch: the paper's assumption
+that lower P·V precision is faster) is only the fallback where nothing is timed. The v1 paper's INT8 P·V is
+left out: it exists only in the sage_ref emulation (``sage_ref.sage_attention(pv="int8")``), not as a kernel.
 """
 
 from __future__ import annotations

@@ -27,15 +27,21 @@ from .launch import LOG2E, cdiv, cuda_index, cuda_properties, strides
 
 
 @triton.jit
+def reciprocal_or_zero(target, amax):
+    """target / amax (IEEE ``div_rn``), and 0 where that overflows: amax 0, or below target / FP32_MAX, as
+    ``sage_ref.quantization.reciprocal_scale``. One division per tile or channel, a multiply per element (an IEEE
+    division per element is ~20 instructions)."""
+    inv = tl.math.div_rn(target, tl.where(amax == 0.0, 1.0, amax))
+    return tl.where((amax == 0.0) | (inv == float("inf")), 0.0, inv)
+
+
+@triton.jit
 def quantize_tile(x, row_ok):
     """INT8 codes and the scale max|x|/127 of a tile x [ROWS, HEAD_DIM] (rows outside ``row_ok`` ignored)."""
     x = tl.where(row_ok[:, None], x, 0.0)
     amax = nan_poisoned(tl.max(tl.max(tl.abs(x), 1), 0), tl.sum(tl.sum(x * 0.0, 1), 0))
     scale = tl.math.div_rn(amax, 127.0)
-    # One division per tile, a multiply per element (an IEEE division per element is ~20 instructions); 0 where
-    # the reciprocal overflows (amax 0, or below 127 / FP32_MAX), as sage_ref.quantization.reciprocal_scale.
-    inv = tl.math.div_rn(127.0, tl.where(amax == 0.0, 1.0, amax))
-    xs = x * tl.where((amax == 0.0) | (inv == float("inf")), 0.0, inv)
+    xs = x * reciprocal_or_zero(127.0, amax)
     codes = (xs + tl.where(xs >= 0, 0.5, -0.5)).to(tl.int8)
     return codes, scale
 
@@ -159,8 +165,7 @@ def quantize_v_tile(v, v_amax, VFp8T, VScale, bh64, blk, rows, kv_len_padded, HE
     offs_d = tl.arange(0, HEAD_DIM)
     if blk == 0:
         tl.store(VScale + bh64 * HEAD_DIM + offs_d, tl.math.div_rn(v_amax, 448.0))
-    inv = tl.math.div_rn(448.0, tl.where(v_amax == 0.0, 1.0, v_amax))
-    inv = tl.where((v_amax == 0.0) | (inv == float("inf")), 0.0, inv)  # overflowed: the channel quantizes to 0
+    inv = reciprocal_or_zero(448.0, v_amax)
     # Stored [D, N]: transposed in registers (through shared memory) so that each row of the
     # store is contiguous bytes, not one byte every kv_len_padded; within every 32 keys in the
     # order of an 8-bit MMA operand (common.operand_key_order), so P needs no shuffles.
