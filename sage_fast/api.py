@@ -127,6 +127,13 @@ def call_op(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, b
     return sageattn_impl(q, k, v, attn_mask, is_causal, sm_scale, smooth_k, pv, return_lse, backend)
 
 
+def nothing_to_attend(q):
+    """(out, lse) of a call without a batch, a query or a key: zeros like q and lse -inf [B,H,Nq], no kernel.
+    With no keys every query sees none, which gives 0 (and lse -inf) as a fully masked row does, and as torch's
+    SDPA gives 0; with no batch or no query both are empty."""
+    return torch.zeros_like(q), torch.full(q.shape[:3], float("-inf"), dtype=torch.float32, device=q.device)
+
+
 def kernels_available(device: torch.device) -> bool:
     """Whether the Triton kernels can run on tensors of ``device``: CUDA, or any device under the interpreter."""
     return device.type == "cuda" or isinstance(attn_int8.sage_attn_kernel, InterpretedFunction)
@@ -188,7 +195,8 @@ def sageattn(
     k, v : torch.Tensor
         Keys and values, [batch, kv_heads, kv_len, head_dim] (or NHD), same dtype and device as q.
         ``heads`` must be a multiple of ``kv_heads`` (GQA/MQA: query head h reads KV head
-        h // (heads // kv_heads)). Lengths are any >= 1; head_dim is 1..256.
+        h // (heads // kv_heads)). Lengths are any >= 0 (as in torch's SDPA, no key gives 0 and lse
+        -inf; no batch or query an empty output); head_dim is 1..256.
     tensor_layout : {"HND", "NHD"}
         How q, k, v and the output are laid out. Strided views are read in place, never copied.
     is_causal : bool
@@ -258,7 +266,7 @@ def sageattn(
     if tensor_layout == "NHD":
         # Validation speaks HND; a [batch, seq, heads, head_dim] tensor is read as its transposed view.
         q, k, v = (t.transpose(1, 2) if isinstance(t, torch.Tensor) and t.dim() == 4 else t for t in (q, k, v))
-    shape = check_qkv(q, k, v)
+    shape = check_qkv(q, k, v, allow_empty=True)
     attn_mask = check_attn_mask(attn_mask, shape, q.device)
     scale = resolve_sm_scale(sm_scale, shape.head_dim)
 
@@ -286,7 +294,10 @@ def sageattn(
         raise TypeError(f"q has dtype {q.dtype}; float64 is only for implementation='reference'")
     pv = "fp16" if backend == "numba" else resolve_pv(pv, q.device, backend)
 
-    out, lse = call_op(q, k, v, attn_mask, is_causal, scale, smooth_k, pv, return_lse, backend)
+    if min(shape.batch, shape.q_len, shape.kv_len) == 0:
+        out, lse = nothing_to_attend(q)
+    else:
+        out, lse = call_op(q, k, v, attn_mask, is_causal, scale, smooth_k, pv, return_lse, backend)
     if tensor_layout == "NHD":
         out = out.transpose(1, 2)
     return (out, lse) if return_lse else out
@@ -352,7 +363,7 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"key has {key.shape[1]} heads but query has {query.shape[1]}; pass enable_gqa=True for grouped-query attention"
         )
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
         raise TypeError(f"scale must be a float or None, got {scale!r}")
     q_len, kv_len = query.shape[2], key.shape[2]
     if is_causal and q_len <= kv_len:

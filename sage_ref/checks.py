@@ -37,8 +37,12 @@ class Shape:
         return self.heads // self.kv_heads
 
 
-def check_qkv(q, k, v) -> Shape:
-    """Check q, k, v (HND layout) and return their sizes."""
+def check_qkv(q, k, v, *, allow_empty: bool = False) -> Shape:
+    """Check q, k, v (HND layout) and return their sizes.
+
+    Batch and lengths must be >= 1, or, with ``allow_empty``, may be 0 (the public API answers such calls as
+    torch's SDPA does, without a kernel); heads are always >= 1.
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float_tensor(name, t)
     for name, t in (("k", k), ("v", v)):
@@ -54,8 +58,9 @@ def check_qkv(q, k, v) -> Shape:
         raise ValueError(f"k has batch {k.shape[0]} but q has batch {batch}")
     if k.shape[3] != head_dim:
         raise ValueError(f"k has head_dim {k.shape[3]} but q has head_dim {head_dim}")
-    if batch < 1 or heads < 1 or q_len < 1 or kv_len < 1 or kv_heads < 1:
-        raise ValueError(f"q and k need batch, heads and lengths >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if heads < 1 or kv_heads < 1 or (not allow_empty and min(batch, q_len, kv_len) < 1):
+        least = "heads >= 1" if allow_empty else "batch, heads and lengths >= 1"
+        raise ValueError(f"q and k need {least}, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if not 1 <= head_dim <= MAX_HEAD_DIM:
         raise ValueError(f"q has head_dim {head_dim}; supported is 1..{MAX_HEAD_DIM}")
     if heads % kv_heads != 0:

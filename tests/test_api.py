@@ -278,11 +278,50 @@ def test_numpy_scalars_are_numbers_and_meta_tensors_give_shapes():
     q, k, v = (torch.randn(1, 2, 9, 8, generator=torch.Generator().manual_seed(i)) for i in range(3))
     expected = sage_fast.sageattn(q, k, v, sm_scale=0.25)
     assert torch.equal(sage_fast.sageattn(q, k, v, sm_scale=np.float32(0.25)), expected)
-    assert torch.equal(sage_fast.scaled_dot_product_attention(q, k, v, dropout_p=np.float32(0), scale=np.float64(0.25)),
+    assert torch.equal(sage_fast.scaled_dot_product_attention(q, k, v, dropout_p=np.float32(0), scale=np.float32(0.25)),
                        sage_fast.scaled_dot_product_attention(q, k, v, scale=0.25))  # fmt: skip
     meta = torch.empty(1, 9, 2, 8, device="meta", dtype=torch.float16)
     out, lse = sage_fast.sageattn(meta, meta, meta, tensor_layout="NHD", return_lse=True)
     assert out.is_meta and out.shape == meta.shape and out.dtype == meta.dtype and lse.shape == (1, 2, 9)
+
+
+# name -> HND shapes of q and of k, v: a call with nothing to attend, which torch's SDPA answers without an error.
+EMPTY_CALLS = {
+    "no batch": ((0, 4, 9, 8), (0, 2, 9, 8)),
+    "no query": ((2, 4, 0, 8), (2, 2, 9, 8)),
+    "no key": ((2, 4, 9, 8), (2, 2, 0, 8)),
+}
+
+
+@pytest.mark.parametrize("implementation", ["triton", "reference"])
+@pytest.mark.parametrize("layout", ["HND", "NHD"])
+@pytest.mark.parametrize("case", EMPTY_CALLS)
+def test_nothing_to_attend_is_answered_as_torch_does(case, layout, implementation):
+    """No batch, query or key: torch's SDPA returns zeros of q's shape (empty, or 0 for queries without keys),
+    and so does sageattn, with lse -inf (a row that sees no key, as under a mask) and q's dtype and layout."""
+    q_shape, kv_shape = EMPTY_CALLS[case]
+    gen = torch.Generator().manual_seed(0)
+    q = make_input(q_shape, layout, "sliced", torch.float16, gen)
+    k, v = (make_input(kv_shape, layout, "sliced", torch.float16, gen) for _ in range(2))
+    hnd = (lambda t: t) if layout == "HND" else (lambda t: t.transpose(1, 2))
+    for is_causal in (False, True):
+        out, lse = sage_fast.sageattn(q, k, v, tensor_layout=layout, is_causal=is_causal, return_lse=True,
+                                      implementation=implementation)  # fmt: skip
+        expected = F.scaled_dot_product_attention(*(hnd(t).float() for t in (q, k, v)), enable_gqa=True)
+        assert out.shape == q.shape and out.dtype == q.dtype and out.stride() == torch.empty_like(q).stride()
+        assert torch.equal(hnd(out).float(), expected)
+        assert lse.shape == hnd(q).shape[:3] and lse.dtype == torch.float32 and bool((lse == float("-inf")).all())
+    with pytest.raises(ValueError, match="pv must be one of"):  # arguments are still checked
+        sage_fast.sageattn(q, k, v, tensor_layout=layout, pv="int8", implementation=implementation)
+
+
+@pytest.mark.parametrize("case", EMPTY_CALLS)
+def test_sdpa_drop_in_with_nothing_to_attend_matches_torch(case):
+    q_shape, kv_shape = EMPTY_CALLS[case]
+    q, k, v = torch.randn(q_shape), torch.randn(kv_shape), torch.randn(kv_shape)
+    for is_causal in (False, True):
+        out = sage_fast.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True)
+        assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=is_causal, enable_gqa=True))
 
 
 @pytest.mark.parametrize("call, error, match", BAD_CALLS, ids=[c[2] for c in BAD_CALLS])

@@ -112,6 +112,19 @@ def test_fp16_pv_range_is_fp16s(head_dim):
             torch.testing.assert_close(out, torch.full_like(out, value), rtol=2e-3, atol=0)
 
 
+@pytest.mark.parametrize("pv", ["fp16", "fp8"])
+def test_nothing_to_attend(pv):
+    """No batch, query or key on the GPU: torch's SDPA's answer (zeros of q's shape), lse -inf, no kernel."""
+    for q_shape, kv_shape in (((0, 4, 9, 64), (0, 2, 9, 64)), ((2, 4, 0, 64), (2, 2, 9, 64)),
+                              ((2, 4, 9, 64), (2, 2, 0, 64))):  # fmt: skip
+        q = torch.randn(q_shape, device="cuda", dtype=torch.float16)
+        k, v = (torch.randn(kv_shape, device="cuda", dtype=torch.float16) for _ in range(2))
+        out, lse = sage_fast.sageattn(q, k, v, pv=pv, is_causal=True, return_lse=True)
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+        assert out.shape == q.shape and out.is_cuda and torch.equal(out, expected)
+        assert lse.shape == q.shape[:3] and bool((lse == float("-inf")).all())
+
+
 def test_cuda_graph_capture_and_compile():
     """The custom op can be captured in a CUDA graph and traced by torch.compile(fullgraph=True)."""
     gen = torch.Generator(device="cuda").manual_seed(0)
