@@ -106,6 +106,9 @@ def test_a_processor_without_sdpa_is_reported_as_a_fallback():
     assert counts.sage_calls == 0 and counts.fallbacks == {
         "AttnProcessor made no scaled_dot_product_attention call": LAYERS
     }
+    sage_diffusers.apply(model, variant="fp16", strict=True)
+    with pytest.raises(ValueError, match=r"\.attn\d: AttnProcessor made no scaled_dot_product_attention call"):
+        denoise(model)
 
 
 def test_flux_processors_through_the_attention_dispatcher():

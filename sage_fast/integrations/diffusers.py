@@ -16,7 +16,7 @@ backend. ``SageAttnProcessor`` keeps the model's processor and runs it under
 ``SageSDPA`` with its layer's variant, so the processor's own
 logic (norms, projections, residuals, masks) is untouched and only the attention product changes. A
 processor that made no SDPA call (the legacy ``AttnProcessor``, xFormers, another attention backend)
-is counted as a fallback: nothing of it ran on sage.
+is counted as a fallback (an error with ``strict=True``): nothing of it ran on sage.
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ class SageAttnProcessor:
         with mode:
             out = self.processor(attn, *args, **kwargs)
         if not mode.sdpa_calls:
-            self.counts.fall_back(f"{type(self.processor).__name__} made no scaled_dot_product_attention call")
+            reason = f"{type(self.processor).__name__} made no scaled_dot_product_attention call"
+            if getattr(mode, "strict", False):  # a SageSDPA with strict=True (a calibration recorder has none)
+                raise ValueError(f"{self.layer}: {reason}, so none of it can run on sage (strict=True)")
+            self.counts.fall_back(reason)
         return out
 
 
@@ -118,7 +121,8 @@ def apply(model, *, variant: str = "auto", plan: AttentionPlan = None, implement
     implementation : {"auto", "triton", "numba", "reference"}
         Passed to ``sage_fast.sageattn``.
     strict : bool
-        Raise instead of falling back to torch for a call sage cannot take.
+        Raise instead of falling back to torch for a call sage cannot take, or for a processor that made no
+        SDPA call (ValueError naming the layer).
     """
     check_options(variant, implementation)
     check_flag("strict", strict)  # here, not only in SageSDPA: its modes are made at the first call

@@ -178,7 +178,8 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     >>> model = transformers.AutoModelForCausalLM.from_config(
     ...     config, attn_implementation=sage_hf.register("sage")
     ... )
-    >>> logits = model(torch.randint(0, 64, (1, 9))).logits
+    >>> # 70 tokens: "auto" leaves calls with fewer than 64 queries (decode steps) to torch
+    >>> logits = model(torch.randint(0, 64, (1, 70))).logits
     >>> sage_hf.counts("sage").sage_calls
     1
     """
