@@ -1,6 +1,6 @@
 """Render a benchmark JSON (``python -m sage_fast.bench``) as the markdown of docs/benchmarks.md.
 
-    python -m sage_fast.report docs/results/bench-h200.json [--png docs/results/bench.png] > docs/benchmarks.md
+    python -m sage_fast.report docs/results/bench-h200-2026-11-27.json [--png docs/results/bench.png] > docs/benchmarks.md
 
 The page links the plot at ``--png``'s path relative to ``docs/`` (where the pages live), or at results/bench.png.
 

@@ -79,7 +79,8 @@ def make_inputs(dataset: str, *, batch: int, heads: int, seq_len: int, head_dim:
 
 
 def variants(granularities=GRANULARITIES, smooth=(False, True), pvs=PV_MODES):
-    """The exact pipeline first (no quantization: the fp32 floor), then granularity × smooth_k × pv."""
+    """The exact pipeline first (no quantization: the floor, the output's rounding to fp16), then granularity ×
+    smooth_k × pv."""
     yield dict(qk_granularity=None, smooth_k=False, pv="fp32")
     for granularity in granularities:
         for smooth_k in smooth:

@@ -73,10 +73,10 @@ def excerpt(obj, first, last):
 # ## The test every rung takes
 #
 # Tiny sizes (the simulator runs one Python thread per CUDA thread): two heads, 40 queries and keys, head_dim
-# 16, fp16 inputs, a causal mask, and a channel bias on K (the thing smoothing removes in rungs 4 and 5). The
+# 16, fp16 inputs, a causal mask, and a channel bias on K (the thing smoothing removes in rungs 4-6). The
 # truth is fp64 attention of the very inputs. Each rung in `RUNGS` names the `sage_ref` variant it implements
 # (`rung.reference`): `flash_attention` (exact attention in fp32) for rungs 1–3, `sage_attention` with INT8
-# Q·Kᵀ and fp16 P·V for rungs 4–5. The rung may be at most twice as far from the truth as its reference.
+# Q·Kᵀ and fp16 P·V for rungs 4–6. The rung may be at most twice as far from the truth as its reference.
 
 # %%
 torch.manual_seed(0)

@@ -100,8 +100,10 @@ print("quant.quantize_q == sage_ref.quantize_int8: bit-identical")
 # ## P in fp8: why times 448
 #
 # e4m3 has 3 mantissa bits and represents magnitudes up to 448; its smallest normal number is \(2^{-6}\).
-# Probabilities lie in \([0, 1]\), the bottom of that range, where e4m3 is subnormal and coarse. Multiplying by
-# 448 first uses the whole range; the factor \(1/448\) is folded into the final scale. INT8 (\(P \cdot 127\)) has
+# Probabilities lie in \([0, 1]\), the bottom of that range. From \(2^{-6}\) up, e4m3 keeps its 3 bits of
+# relative precision whatever the scale, but below it P is subnormal and loses bits, and below \(2^{-10}\) it
+# rounds to 0. Multiplying by 448 first moves that edge down by 448: probabilities from about \(3.5 \cdot 10^{-5}\)
+# up keep all three bits; the factor \(1/448\) is folded into the final scale. INT8 (\(P \cdot 127\)) has
 # uniform steps of \(1/127\) instead: finer for large probabilities, useless for small ones.
 
 # %%
@@ -126,8 +128,9 @@ for value in p.tolist():
 # O = \frac{\mathrm{acc}}{\ell} \cdot \frac{s}{448} .
 # \]
 #
-# Rung 4 is this, with rung 3's fused quantization. Under the interpreter at a small size, against its
-# `sage_ref` twin and an fp64 truth:
+# Rung 4 is this, with rung 3's fused quantization; in the kernel \(\ell\) sums the scaled \(448 P\) that
+# comes out of exp2 (\(\log_2 448\) added to the exponent), so the 448 cancels and the end is \(\mathrm{acc}/\ell
+# \cdot s\). Under the interpreter at a small size, against its `sage_ref` twin and an fp64 truth:
 
 # %%
 rung4 = sage_fast.triton.RUNGS[3]

@@ -73,8 +73,8 @@ class Tiles:
     taking precedence there (the diagonal tile's mask can need registers the other launches do not);
     ``head_dim_warps``, (HEAD_DIM tile, warps) pairs that override ``num_warps`` at that head size; ``tma``: K
     and V tiles copied through tensor descriptors (the Hopper TMA unit) instead of per-thread loads; and
-    ``gluon``: the attention runs the warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 P·V, no attention
-    mask) instead of ``attn_int8``'s, with two consumer warpgroups of ``num_warps`` = 4 warps and BLOCK_M rows
+    ``gluon``: the attention runs the warp-specialized Gluon kernel (``attn_gluon``, sm90, fp8 or fp16 P·V, no
+    attention mask) instead of ``attn_int8``'s, with two consumer warpgroups of ``num_warps`` = 4 warps and BLOCK_M rows
     each per program."""
 
     block_m: int

@@ -10,7 +10,9 @@ non-causal, 424 TOPS, above SDPA's FLASH_ATTENTION backend (336) and below its c
 (577): the baseline every later rung is measured against.
 
 Numerics: P is rounded to fp16 for the P·V product, so this rung is held to
-``sage_ref.sage_attention(qk_granularity=None, pv="fp16", smooth_k=False)``.
+``sage_ref.sage_attention(qk_granularity=None, pv="fp16", smooth_k=False)``, which rounds P alike and
+also its P·V accumulator to fp16 every 16 keys (SageAttention v1's arithmetic) where this rung keeps
+fp32: the emulation rounds more than the rung, so the 2× bound holds with room.
 """
 
 import torch
