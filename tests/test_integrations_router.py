@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import sage_fast
 from sage_fast.integrations import CallCounts, route_sdpa
-from sage_fast.integrations.variants import AUTO_MIN_KEYS, AUTO_MIN_QUERIES, resolve
+from sage_fast.integrations.variants import AUTO_MIN_KEYS, AUTO_MIN_QUERIES, resolve, variants_for
 
 
 @st.composite
@@ -86,6 +86,9 @@ def test_auto_leaves_calls_with_few_keys_on_a_gpu_to_torch(monkeypatch, capabili
     assert resolve("auto", cuda) == resolve("auto", cuda, None, None) == precision
     assert [resolve(v, cuda, 1, 1) for v in ("fp8", "fp16", "torch")] == ["fp8", "fp16", "torch"]
     assert resolve("auto", torch.device("cpu"), AUTO_MIN_QUERIES, 1) == resolve("auto", "cpu") == "fp16"
+    # The Numba ladder has no fp8 P·V: "auto" is fp16 there, and calibration does not offer fp8.
+    assert resolve("auto", cuda, AUTO_MIN_QUERIES, 10**6, implementation="numba") == "fp16"
+    assert variants_for(cuda, "numba") == variants_for("cpu", "numba") == ("fp16", "torch")
 
 
 def test_a_call_torch_refuses_is_torchs_to_refuse():
@@ -130,11 +133,43 @@ def test_what_sage_cannot_take_runs_torch_and_is_counted(make, reason):
 
 
 def test_variant_torch_counts_and_changes_nothing():
+    """"torch" runs torch's SDPA for every call, one that needs grad too (nothing for sage to refuse, even strictly)."""
     q, k, v = qkv(1, 2, 9, 8)
     with route_sdpa("torch") as counts:
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
     assert dict(counts.variants) == {"torch": 1} and counts.sage_calls == 0
+    q, k, v = qkv(1, 2, 9, 8, requires_grad=True)
+    with route_sdpa("torch", strict=True) as counts:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    assert dict(counts.variants) == {"torch": 1} and counts.fallback_calls == 0 and q.grad is not None
+
+
+def test_nested_blocks_the_innermost_decides():
+    """A call the inner block gives to torch (its variant, or a fallback) is torch's own, counted once, by the inner
+    block; the outer block does not route it again."""
+    q, k, v = qkv(1, 2, 70, 8)
+    with route_sdpa("fp16") as outer:
+        with route_sdpa("torch") as inner:
+            out = F.scaled_dot_product_attention(q, k, v)
+        with route_sdpa("fp8") as inner_fp8:
+            F.scaled_dot_product_attention(q.double(), k.double(), v.double())  # float64: a fallback
+            routed = F.scaled_dot_product_attention(q, k, v)
+        F.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+    assert torch.equal(routed, sage_fast.scaled_dot_product_attention(q, k, v, pv="fp8"))
+    assert dict(inner.variants) == {"torch": 1}
+    assert dict(inner_fp8.variants) == {"fp8": 1} and inner_fp8.fallback_calls == 1
+    assert dict(outer.variants) == {"fp16": 1} and outer.fallback_calls == 0
+
+
+def test_a_call_is_counted_once_it_has_run():
+    """A call torch refuses (four query heads over two KV heads without enable_gqa) raises torch's error, uncounted."""
+    q, k, v = qkv(1, 4, 9, 8)
+    for variant in ("torch", "fp16"):
+        with route_sdpa(variant) as counts, pytest.raises(RuntimeError):
+            F.scaled_dot_product_attention(q, k[:, :2], v[:, :2])
+        assert counts.torch_calls == counts.sage_calls == 0, counts
 
 
 def test_only_sdpa_in_this_thread_is_routed():

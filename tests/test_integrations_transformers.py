@@ -258,7 +258,7 @@ def test_auto_chooses_by_the_query_and_cached_key_lengths(monkeypatch):
     latter), for the prompt and then a decode step over prompt + 1 keys."""
     asked = []
 
-    def recording_resolve(variant, device, q_len=None, kv_len=None):
+    def recording_resolve(variant, device, q_len=None, kv_len=None, implementation="auto"):
         asked.append((variant, q_len, kv_len))
         return "torch"
 

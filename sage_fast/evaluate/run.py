@@ -111,7 +111,7 @@ def label(args) -> str:
     """What sage runs, for the report's name: the resolved variant ("fp8", "fp16", "torch") or "plan"."""
     if args.plan is not None or args.calibrate is not None:
         return "plan"
-    return resolve(args.variant, torch.device(args.device))
+    return resolve(args.variant, torch.device(args.device), implementation=args.implementation)
 
 
 def register_implementations(clock):
@@ -145,7 +145,7 @@ def evaluate(args) -> dict:
     plan = sage_plan(args, model)
     # The variant resolved once for the whole run, so that sage runs every call, decode steps included: "auto"
     # itself would leave decode steps and short calls to torch (variants.resolve).
-    variant = resolve(args.variant, torch.device(args.device))
+    variant = resolve(args.variant, torch.device(args.device), implementation=args.implementation)
     sage_hf.register(SAGE_NAME, variant=variant, implementation=args.implementation)
     if plan is not None:
         sage_hf.apply_plan(model, plan, name=SAGE_NAME, implementation=args.implementation)

@@ -2,19 +2,25 @@
 
 Any model that calls torch's SDPA tries sage in one line::
 
-    with sage_fast.integrations.route_sdpa() as counts:
+    with torch.no_grad(), sage_fast.integrations.route_sdpa() as counts:
         out = model(x)
     print(counts)   # calls per variant, and every fallback to torch with its reason
 
+(sage has no backward: under grad mode, a model whose weights require grad makes every call a fallback.)
 The router is a ``torch.overrides.TorchFunctionMode``: it sees every call of torch's function,
 however it was imported (``F.scaled_dot_product_attention``, ``from torch.nn.functional import ...``),
 in the thread that entered the block, and passes every other torch function through unchanged (at a
 few microseconds of Python per call). A call sage cannot honour (dropout, grad needed, float64, a mask
 that does not broadcast without batch broadcasting, head_dim > 256, ...) runs torch's own function and
-is counted with the reason, or raises with ``strict=True``.
+is counted with the reason, or raises with ``strict=True``. Blocks nest: the innermost decides each call.
+Not routed: ``nn.MultiheadAttention`` and the ``nn.Transformer*`` layers, whose attention runs in C++ fast
+paths or inside ``F.multi_head_attention_forward``, which the mode hands to torch whole (Hugging Face models
+call SDPA themselves).
 """
 
 from __future__ import annotations
+
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +37,27 @@ def torch_sdpa_arguments(query, key, value, attn_mask=None, dropout_p=0.0, is_ca
     """torch's SDPA signature, to bind a call's positional and keyword arguments by name."""
     return {"query": query, "key": key, "value": value, "attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal,
                 "scale": scale, "enable_gqa": enable_gqa}  # fmt: skip
+
+
+class HandedBack(threading.local):
+    """Whether this thread is running torch's SDPA for a call a ``SageSDPA`` decided (``torch_runs``)."""
+
+    active = False
+
+
+HANDED_BACK = HandedBack()
+
+
+def torch_runs(func, args, kwargs):
+    """Torch's own SDPA for a call a ``SageSDPA`` gives back to torch. Inside a mode's ``__torch_function__`` only
+    that mode is off: the call would reach the next ``SageSDPA`` out (a nested ``route_sdpa`` block, a diffusers
+    layer's mode inside one) and be routed and counted again. The innermost decides; other modes still see the call.
+    """
+    previous, HANDED_BACK.active = HANDED_BACK.active, True
+    try:
+        return func(*args, **kwargs)
+    finally:
+        HANDED_BACK.active = previous
 
 
 class SageSDPA(TorchFunctionMode):
@@ -67,12 +94,13 @@ class SageSDPA(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is not F.scaled_dot_product_attention:
+        if func is not F.scaled_dot_product_attention or HANDED_BACK.active:
             return func(*args, **kwargs)
         return self.route(func, args, kwargs)
 
     def route(self, func, args, kwargs):
-        """One SDPA call (torch's modes are off in here, so ``func`` is torch's own function)."""
+        """One SDPA call: the variant "auto" or the block chose first ("torch" runs torch's SDPA, counted as such,
+        whatever the inputs), then sage if it can honour the call. A call is counted once it has run."""
         self.sdpa_calls += 1
         try:
             call = torch_sdpa_arguments(*args, **kwargs)
@@ -81,14 +109,15 @@ class SageSDPA(TorchFunctionMode):
         tensors = [
             t for t in (call["query"], call["key"], call["value"], call["attn_mask"]) if isinstance(t, torch.Tensor)
         ]
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-            return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
         query, key = call["query"], call["key"]
         q_len, kv_len = (t.shape[-2] if isinstance(t, torch.Tensor) and t.dim() >= 2 else None for t in (query, key))
-        variant = resolve(self.variant, query.device, q_len, kv_len) if tensors else self.variant
+        variant = resolve(self.variant, query.device, q_len, kv_len, self.implementation) if tensors else self.variant
         if variant == "torch":
+            out = torch_runs(func, args, kwargs)
             self.counts.record("torch")
-            return func(*args, **kwargs)
+            return out
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self.fall_back(func, args, kwargs, "inputs require grad (sageattn has no backward)")
         try:
             out = attend(variant, implementation=self.implementation, **call)
         except (TypeError, ValueError) as error:
@@ -103,8 +132,9 @@ class SageSDPA(TorchFunctionMode):
                 if error is not None
                 else ValueError(f"sage cannot run this scaled_dot_product_attention call: {reason}")
             )
+        out = torch_runs(func, args, kwargs)
         self.counts.fall_back(reason)
-        return func(*args, **kwargs)
+        return out
 
 
 def route_sdpa(variant="auto", *, implementation="auto", strict=False, counts=None) -> SageSDPA:

@@ -115,7 +115,8 @@ class SageAttention:
                  position_bias=None, **kwargs):  # fmt: skip
         """query [B, H, Nq, D], key/value [B, Hkv, Nkv, D] → ([B, Nq, H, D], None), like transformers' "sdpa"."""
         call = sdpa_call(module, query, key, value, attention_mask, dropout, scaling, is_causal, position_bias, kwargs)
-        variant = resolve(self.module_variants.get(module, self.variant), query.device, query.shape[2], key.shape[2])
+        variant = resolve(self.module_variants.get(module, self.variant), query.device, query.shape[2], key.shape[2],
+                          self.implementation)  # fmt: skip
         if variant == "torch":
             sdpa_attention = require("transformers.integrations.sdpa_attention")
             out = sdpa_attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,

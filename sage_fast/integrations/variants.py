@@ -45,10 +45,13 @@ def check_options(variant: str, implementation: str) -> None:
 
 
 def variants_for(device: torch.device, implementation: str = "auto") -> tuple[str, ...]:
-    """The variants that can run on ``device``, in ``VARIANTS``' order: "fp8" needs sm89+ for the Triton kernels.
+    """The variants that can run on ``device``, in ``VARIANTS``' order: "fp8" needs sm89+ for the Triton kernels,
+    and is not in the Numba ladder (fp16 P·V only) at all.
 
     On the CPU every variant runs (the sage_ref emulation rounds P to e4m3 like the kernel does).
     """
+    if implementation == "numba":
+        return tuple(v for v in VARIANTS if v != "fp8")
     device = torch.device(device)
     kernels = implementation == "triton" or (implementation == "auto" and device.type == "cuda")
     if kernels and device.type == "cuda" and cuda_capability(device) < FP8_MIN_CAPABILITY:
@@ -105,12 +108,13 @@ def mask_layout(attn_mask, is_causal: bool) -> str:
     return f"causal + {rows}" if is_causal else rows
 
 
-def resolve(variant: str, device: torch.device, q_len: int | None = None, kv_len: int | None = None) -> str:
+def resolve(variant: str, device: torch.device, q_len: int | None = None, kv_len: int | None = None,
+            implementation: str = "auto") -> str:  # fmt: skip
     """The variant that runs a call of ``q_len`` queries over ``kv_len`` keys on ``device`` (None: not known, e.g. a
-    run's variant, whatever its calls).
+    run's variant, whatever its calls) with sageattn's ``implementation``.
 
-    "auto" is the P·V precision sageattn picks on ``device`` (fp8 on sm89+ GPUs, else fp16), except where torch's
-    SDPA is faster, which then runs:
+    "auto" is the P·V precision sageattn picks on ``device`` (fp8 on sm89+ GPUs, else fp16; always fp16 for the
+    Numba ladder, which has no fp8 P·V), except where torch's SDPA is faster, which then runs:
 
     - calls with fewer than ``AUTO_MIN_QUERIES`` queries (decoding with a KV cache, short chunks), on any device:
       each cached key serves few queries, so the call is memory-bound and the 8-bit arithmetic saves nothing,
@@ -133,7 +137,7 @@ def resolve(variant: str, device: torch.device, q_len: int | None = None, kv_len
     if q_len is not None and q_len < AUTO_MIN_QUERIES:
         return "torch"
     device = torch.device(device)
-    precision = resolve_pv("auto", device, "auto")
+    precision = "fp16" if implementation == "numba" else resolve_pv("auto", device, "auto")
     if kv_len is not None and device.type == "cuda" and kv_len < AUTO_MIN_KEYS[precision]:
         return "torch"
     return precision
