@@ -176,6 +176,20 @@ def test_calibration_chooses_by_the_timer(calls):
     only_fp8 = calibrate(calls, threshold=1.0, variants=("fp8",), timer=timer)  # torch is measured all the same
     assert set(only_fp8.layers.values()) == {"torch"}
     assert all(set(by_variant) == {"fp8", "torch"} for by_variant in only_fp8.metrics.values())
+    repeated = calibrate(calls, threshold=-1.0, variants=("fp8", "fp8", "torch"), timer=timer)  # each measured once
+    assert repeated.metrics == calibrate(calls, threshold=-1.0, variants=("fp8",), timer=timer).metrics
+
+
+def test_calls_with_nothing_to_attend_are_skipped(calls):
+    """A call without a batch, a query or a key (sageattn answers it as torch does) says nothing about a variant."""
+    call = calls[0]
+    arguments = call.sdpa_arguments()
+    empty = [
+        AttentionCall.of(call.layer, **{**arguments, "query": arguments["query"][:, :, :0], "attn_mask": None}),
+        AttentionCall.of(call.layer, **{**arguments, "key": arguments["key"][:, :, :0],
+                                        "value": arguments["value"][:, :, :0], "attn_mask": None}),  # fmt: skip
+    ]
+    assert calibrate([*calls, *empty], threshold=0.999).metrics == calibrate(calls, threshold=0.999).metrics
 
 
 def test_truth_in_chunks_of_heads_is_the_whole(calls, monkeypatch):
@@ -199,6 +213,8 @@ def test_calibrate_refuses_bad_arguments(calls):
         calibrate(calls, threshold=2.0)
     with pytest.raises(ValueError, match="a variant"):
         calibrate(calls, variants=("fp8", "int8"))
+    with pytest.raises(TypeError, match="variants must be a sequence"):
+        calibrate(calls, variants="fp16")
 
 
 def test_saved_plan_applies_to_a_fresh_model(calls, tmp_path):

@@ -105,13 +105,16 @@ def measure(calls, variants=VARIANTS, *, implementation: str = "auto", timer=Non
     "ms": the sum over its calls of ``timer(variant, run)``} ("ms" only with a ``timer``).
 
     Every variant runs every call (the sage ones as ``implementation`` says); a variant that refuses
-    a call raises, as it would in the model. A NaN cosine (a non-finite output) counts as -1.
+    a call raises, as it would in the model. A NaN cosine (a non-finite output) counts as -1. A call without
+    a batch, a query or a key is skipped: every variant answers it exactly (zeros), and it takes no time.
     """
     for variant in variants:
         check_variant("a variant", variant)
     metrics: dict = {}
     with torch.no_grad():
         for call in calls:
+            if min(call.query.shape[0], call.query.shape[-2], call.key.shape[-2]) == 0:
+                continue
             exact = truth(call)
             by_variant = metrics.setdefault(call.layer, {})
             for variant in variants:
@@ -184,10 +187,13 @@ def calibrate(calls, *, threshold: float = 0.999, default: str = "torch", varian
         raise ValueError("calls must be a non-empty list of AttentionCall (from a capture)")
     check_variant("default", default)
     check_cosine("threshold", threshold)
+    if isinstance(variants, str):
+        raise TypeError(f"variants must be a sequence of variant names, not the str {variants!r}")
     device = calls[0].query.device
     if variants is None:
         variants = variants_for(device, implementation)
-    variants = (*(v for v in variants if v != "torch"), "torch")
+    # Each variant once (a repeat would be measured twice and its times summed), "torch" last.
+    variants = (*dict.fromkeys(v for v in variants if v != "torch"), "torch")
     if timer is None and device.type == "cuda":
         timer = cuda_ms
     metrics = measure(calls, variants, implementation=implementation, timer=timer)
