@@ -137,7 +137,8 @@ def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int =
     else:
         n_groups = int(group.max()) + 1
         index = group.expand(b, h, n)
-        amax = torch.zeros(b, h, n_groups, device=x.device).scatter_reduce(-1, index, token_amax, "amax")
+        amax = torch.zeros(b, h, n_groups, dtype=torch.float32, device=x.device)
+        amax = amax.scatter_reduce(-1, index, token_amax, "amax")
         # scatter's amax may drop NaN; add 0 · x so a NaN (or inf) token poisons its group.
         amax = amax + torch.zeros_like(amax).scatter_add(-1, index, token_amax * 0)
     inv_scale = reciprocal_scale(amax, INT8_MAX)[..., group].expand(b, h, n)

@@ -335,6 +335,20 @@ def test_bad_arguments_are_refused_by_name(call, error, match):
         sage_fast.sageattn(args["q"], args["k"], args["v"], **call)
 
 
+@pytest.mark.parametrize("implementation", ["triton", "reference"])
+def test_torchs_default_dtype_changes_nothing(implementation):
+    """Under torch.set_default_dtype(torch.float64) (some scientific code sets it) every buffer keeps its dtype."""
+    q, k, v = (torch.randn(1, 2, 70, 32, generator=torch.Generator().manual_seed(i)).half() for i in range(3))
+    expected = sage_fast.sageattn(q, k, v, return_lse=True, implementation=implementation)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = sage_fast.sageattn(q, k, v, return_lse=True, implementation=implementation)
+    finally:
+        torch.set_default_dtype(default)
+    assert all(torch.equal(a, b) and a.dtype == b.dtype for a, b in zip(got, expected))
+
+
 def test_unknown_keywords_are_refused():
     """No **kwargs: a typo is an error, not a silently ignored option (1.0.6 swallows them)."""
     with pytest.raises(TypeError):

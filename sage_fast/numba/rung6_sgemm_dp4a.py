@@ -392,7 +392,7 @@ def forward(q, k, v, *, is_causal=False, sm_scale=None, smooth_k=True, return_ls
     if smooth_k:  # sage_ref.smooth_k's mean: summed in fp64, rounded once to fp32
         k_mean = k.detach().to(torch.float64).mean(dim=-2, keepdim=True).to(torch.float32)
     else:
-        k_mean = torch.zeros(B, kv_heads, 1, D, device=device)
+        k_mean = torch.zeros(B, kv_heads, 1, D, dtype=torch.float32, device=device)
     n_tiles = ceil_div(kv_len, BLOCK_N)
     kv_rows = n_tiles * BLOCK_N
     k_words = torch.empty(B, kv_heads, kv_rows, HEAD_DIM // 4, dtype=torch.int32, device=device)
