@@ -94,6 +94,9 @@ def test_plan_per_layer_and_calibration():
     counts = sage_diffusers.apply(model, plan=by_hand)
     denoise(model)
     assert dict(counts.variants) == {"torch": 1, "fp8": 1, "fp16": LAYERS - 2}
+    assert len(sage_diffusers.capture(model, denoise)) == LAYERS  # capturing again leaves sage's wrappers in place
+    denoise(model)
+    assert dict(counts.variants) == {"torch": 2, "fp8": 2, "fp16": 2 * (LAYERS - 2)}
     with pytest.raises(ValueError, match="does not have"):
         sage_diffusers.apply(model, plan=AttentionPlan(layers={"nowhere.attn1": "fp8"}, default="fp16", threshold=0.9))
 

@@ -202,7 +202,7 @@ def test_inputs_are_untouched_and_output_is_nhd():
     assert sage_ref.cosine_similarity(out.transpose(1, 2), expected) > 0.999
 
 
-@pytest.mark.parametrize("name", ["sdpa", "eager", "", "org/kernel", "paged|sage"])
+@pytest.mark.parametrize("name", ["sdpa", "eager", "", " ", "org/kernel", "paged|sage", "sage_flash", "sage_fast_capture"])
 def test_register_refuses_names_it_would_clobber_or_misread(name):
     with pytest.raises(ValueError, match="name"):
         sage_hf.register(name)
@@ -298,11 +298,17 @@ def test_apply_plan_gives_each_layer_its_variant():
 
 
 def test_a_half_switched_model_is_refused(monkeypatch):
-    """If set_attn_implementation leaves a submodule's config behind, sage does not run in part of the model."""
+    """If set_attn_implementation leaves a submodule's config behind, sage does not run in part of the model: the
+    switch is refused and the model is back on its implementation (a forward runs no sage)."""
     model = llama()
     monkeypatch.setattr(model.model.layers[1].self_attn, "config", type(model.config)(**model.config.to_dict()))
+    name = sage_hf.register("sage_test_switch", variant="fp16")
     with pytest.raises(ValueError, match="model.layers.1.self_attn"):
-        sage_hf.switch(model, sage_hf.register("sage_test_switch"))
+        sage_hf.switch(model, name)
+    assert model.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        model(input_ids=tokens(seq_len=70)[0])
+    assert sage_hf.counts(name).sage_calls == 0
 
 
 def test_capture_records_every_layer_and_restores_the_model():

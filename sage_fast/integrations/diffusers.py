@@ -172,12 +172,14 @@ class Recorder(torch.overrides.TorchFunctionMode):
 def capture(model, run) -> list:
     """The SDPA calls ``run(model)`` makes, each an ``AttentionCall`` named by its attention module.
 
-    The model's processors run unchanged (torch's SDPA); they are put back afterwards. Tensors are
-    cloned, so keep the sample small (one denoising step of a small latent is plenty).
+    The model's processors run unchanged (torch's SDPA); they are put back afterwards as they were, sage's
+    wrappers from an earlier ``apply`` included. Tensors are cloned, so keep the sample small (one denoising
+    step of a small latent is plenty).
     """
     calls: list = []
     counts = CallCounts()
     processors = layer_processors(model)
+    installed = dict(model.attn_processors)  # wrapped or not: what the model runs now
     model.set_attn_processor({
         layer + SUFFIX: wrap(processor, layer, functools.partial(Recorder, layer, calls), counts)
         for layer, processor in processors.items()
@@ -186,7 +188,7 @@ def capture(model, run) -> list:
         with torch.no_grad():
             run(model)
     finally:
-        model.set_attn_processor({layer + SUFFIX: processor for layer, processor in processors.items()})
+        model.set_attn_processor(installed)
     if counts.fallback_calls:
         raise ValueError(f"some processors made no scaled_dot_product_attention call, nothing to calibrate: {counts}")
     return calls

@@ -58,6 +58,7 @@ REFUSED = {
     "max_length_k": "max_length_k (the flash-attention path's packed sequences) is not supported",
 }
 BUILTIN_NAMES = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3", "flash_attention_4")
+CAPTURE_NAME = "sage_fast_capture"  # the recorder ``capture`` registers for the duration of a run
 
 
 def sdpa_call(module, query, key, value, attention_mask, dropout, scaling, is_causal, position_bias, kwargs) -> dict:
@@ -141,10 +142,14 @@ REGISTERED: dict[str, SageAttention] = {}
 def check_name(name) -> str:
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if not name or "/" in name or "|" in name:
+    if not name.strip() or "/" in name or "|" in name:
         raise ValueError(f"name must be a non-empty str without '/' or '|' (hub kernels, paged), got {name!r}")
-    if name in BUILTIN_NAMES:
-        raise ValueError(f"name {name!r} is one of transformers' own attention implementations; pick another")
+    if "flash" in name:  # transformers' is_flash_attention_requested: it would look for a flash-attention kernel
+        raise ValueError(f"name {name!r} contains 'flash', which transformers reserves for flash-attention kernels")
+    if name in BUILTIN_NAMES or name == CAPTURE_NAME:
+        raise ValueError(
+            f"name {name!r} is one of transformers' own attention implementations or capture's; pick another"
+        )
     return name
 
 
@@ -153,7 +158,8 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
 
     Afterwards ``from_pretrained(..., attn_implementation=name)``, ``AutoModel.from_config(config,
     attn_implementation=name)`` or ``model.set_attn_implementation(name)`` use it. Registering a name
-    again replaces its function (and its counts). The name's mask builder is ``masks.sdpa_key_mask``
+    again replaces its function: its counts and the per-layer variants of an ``apply_plan`` go with it (apply
+    the plan again). Names containing "flash" are refused: transformers would look for a flash-attention kernel. The name's mask builder is ``masks.sdpa_key_mask``
     (a name without one would get no masks at all: padding and sliding windows would be lost).
 
     Parameters
@@ -212,12 +218,14 @@ def switch(model, name: str) -> None:
 
     Some transformers versions do not reach every submodel (5.17 leaves T5's encoder and decoder
     stacks, whose configs are copies, on their old implementation); a model half switched would run
-    sage in some layers only, so this refuses it.
+    sage in some layers only, so this refuses it, and switches the model back first.
     """
+    previous = model.config._attn_implementation
     model.set_attn_implementation(name)
     stale = sorted({layer for layer, module in model.named_modules()
                     if getattr(getattr(module, "config", None), "_attn_implementation", name) != name})  # fmt: skip
     if stale:
+        model.set_attn_implementation(previous)
         raise ValueError(
             f"set_attn_implementation({name!r}) did not reach {stale[:3]} in this transformers version; "
             f"build the model with attn_implementation={name!r} instead"
@@ -269,9 +277,6 @@ class Recorder:
         return sdpa_attention.sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                                      scaling=scaling, is_causal=is_causal, position_bias=position_bias,
                                                      **kwargs)  # fmt: skip
-
-
-CAPTURE_NAME = "sage_fast_capture"
 
 
 def capture(model, run) -> list:
