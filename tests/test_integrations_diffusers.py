@@ -9,8 +9,10 @@ the originals.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import os
+import pickle
 
 import pytest
 import torch
@@ -81,6 +83,15 @@ def test_wrapper_shows_the_processor_signature_so_kwargs_arrive():
     assert inspect.signature(wrapped.__call__) == inspect.signature(processor.__call__)
     denoise(model, cross_attention_kwargs={"flag": 7})
     assert processor.seen == [7] * LAYERS and counts.sage_calls == LAYERS
+
+
+def test_a_wrapped_model_pickles_and_copies():
+    """torch.save and copy.deepcopy of a model with sage's processors (their classes are made at run time)."""
+    model = unet()
+    sage_diffusers.apply(model, variant="fp16")
+    for clone in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        assert type(next(iter(clone.attn_processors.values()))).__name__ == "SageAttnProcessor2_0"
+        assert torch.equal(denoise(clone), denoise(model))
 
 
 def test_plan_per_layer_and_calibration():

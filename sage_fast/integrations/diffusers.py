@@ -61,6 +61,11 @@ class SageAttnProcessor:
             )
         self.processor, self.layer, self.mode, self.counts = processor, layer, mode, counts
 
+    def __reduce__(self):
+        # Built again by ``wrap``: its class is made per processor class (``processor_class``) and has no importable
+        # name, so pickling the class itself (torch.save of a model, copy.deepcopy) would fail.
+        return wrap, (self.processor, self.layer, self.mode, self.counts)
+
     def __call__(self, attn, *args, **kwargs):
         mode = self.mode()
         with mode:
