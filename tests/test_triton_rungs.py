@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import sage_ref
 from sage_fast.triton import RUNGS
 from sage_fast.triton.launch import INT8_MIN_HEAD_DIM, head_dim_block
+from sage_fast.triton import quant
 from sage_fast.triton.quant import quantize_kv, quantize_q
 
 LENGTHS = st.one_of(st.sampled_from([1, 63, 64, 65, 77, 128, 129]), st.integers(1, 140))
@@ -49,6 +50,28 @@ def inputs(draw, dtypes):
     return q, k, v, draw(st.booleans())
 
 
+def pinned(q_len, kv_len, *, head_dim=64, sharp=False):
+    """Causal inputs the draws rarely reach, for ``@example``: q_len - kv_len past a key tile (the first rows see no
+    key: 0 and lse -inf; the masked loop must not start below key 0), or with ``sharp``, keys 0-127 scoring ≈ 224
+    (base 2) above keys 128-255, so the running maximum must never go down (alpha = exp2(224) would be inf)."""
+    gen = torch.Generator().manual_seed(q_len + kv_len)
+    q, k, v = (torch.randn(1, 2, n, head_dim, generator=gen) for n in (q_len, kv_len, kv_len))
+    if sharp:
+        q[..., 0], k[..., 0] = 20.0, 0.0
+        k[:, :, :128, 0], k[:, :, 128:, 0] = 31.0, -31.0
+    return q.half(), k.half(), v.half(), True
+
+
+EDGES = [pinned(140, 11), pinned(300, 16), pinned(64, 129), pinned(300, 300, sharp=True)]
+
+
+def at_edges(test):
+    """The test with every ``EDGES`` case pinned as an example."""
+    for data in EDGES:
+        test = example(data=data)(test)
+    return test
+
+
 def check_rung(rung, q, k, v, is_causal, *, elementwise):
     before = [t.clone() for t in (q, k, v)]
     with poisoned_allocations():
@@ -66,12 +89,14 @@ def check_rung(rung, q, k, v, is_causal, *, elementwise):
 # Rung 1 rounds P to the input's dtype; its emulation rounds P to fp16, so it is held on fp16 inputs.
 @given(data=inputs(dtypes=(torch.float16,)))
 @example(data=(torch.randn(1, 2, 1, 64).half(), torch.randn(1, 1, 300, 64).half(), torch.randn(1, 1, 300, 64).half(), True))
+@at_edges
 def test_rung1_flash(data):
     check_rung(RUNGS[0], *data, elementwise=True)
 
 
 @pytest.mark.parametrize("rung", RUNGS[1:3], ids=lambda r: r.name)
 @given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
+@at_edges
 def test_int8_qk_fp16_pv_rungs(rung, data):
     check_rung(rung, *data, elementwise=True)
 
@@ -82,6 +107,7 @@ def test_int8_qk_fp16_pv_rungs(rung, data):
 # suite (tests/test_gpu_rungs.py) holds them to the same bound and to rung 5 bit for bit.
 @pytest.mark.parametrize("rung", [r for r in RUNGS[3:] if r.interpretable], ids=lambda r: r.name)
 @given(data=inputs(dtypes=(torch.float16, torch.bfloat16, torch.float32)))
+@at_edges
 def test_fp8_pv_rungs(rung, data):
     check_rung(rung, *data, elementwise=False)
 
@@ -134,3 +160,39 @@ def test_quantization_kernels_equal_sage_ref(data, block, per_head):
     group = q.shape[1] // k.shape[1]
     expected_shift = 0.3 * torch.matmul(q.float(), k_mean.repeat_interleave(group, dim=1).transpose(-1, -2))[..., 0]
     torch.testing.assert_close(shift, expected_shift, rtol=1e-5, atol=1e-5 * float(expected_shift.abs().max()) + 1e-6)
+
+
+@pytest.mark.parametrize("chunk", [64, 128])
+@given(kv_len=st.integers(65, 300), kv_heads=st.integers(2, 3), seed=st.integers(0, 2**31))
+def test_statistics_in_chunks_equal_sage_ref(chunk, kv_len, kv_heads, seed):
+    """The two-launch K/V path combines per-chunk statistics (STATS_CHUNK tokens each): at the real 2048 every CPU
+    size is one chunk, so the chunk size is lowered here. K's mean differs per head and V grows along the sequence,
+    so a sum or maximum from the wrong chunk or head changes the codes, which must be sage_ref's bit for bit."""
+    assert quant.STATS_CHUNK % quant.STATS_BLOCK_N == 0  # the statistics loads do not cross a chunk's end
+    gen = torch.Generator().manual_seed(seed)
+    k = torch.randn(2, kv_heads, kv_len, 40, generator=gen) + torch.arange(kv_heads)[:, None, None] * 3.0
+    v = torch.randn(2, kv_heads, kv_len, 40, generator=gen) * torch.linspace(0.1, 4.0, kv_len)[:, None]
+    k, v = k.half(), v.half()
+    with poisoned_allocations(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quant, "STATS_CHUNK", chunk)
+        kv = quantize_kv(k, v, block_n=128, head_dim_padded=64, smooth_k=True, v_fp8=True, per_head=False)
+    k_smoothed, k_mean = sage_ref.smooth_k(k)
+    k_hat = sage_ref.quantize_int8(k_smoothed, "block", 128)
+    v_fp8, v_scale = sage_ref.quantize_v_fp8(v)
+    assert torch.equal(kv["k_mean"][..., :40], k_mean[:, :, 0])
+    assert torch.equal(kv["k_int8"][..., :40], k_hat.codes) and torch.equal(kv["k_scale"], k_hat.scale)
+    assert torch.equal(kv["v_scale"][..., :40], v_scale[:, :, 0])
+    v_fp8_t = torch.nn.functional.pad(v_fp8.float().transpose(-1, -2), (0, kv["v_fp8_t"].shape[-1] - kv_len))
+    assert torch.equal(kv["v_fp8_t"][:, :, :40].float(), operand_key_order(v_fp8_t))
+
+
+@pytest.mark.parametrize("per_head", [False, True])
+def test_quantization_kernels_round_ties_away_from_zero(per_head):
+    """Codes of exact ties (x · 127 / max|x| = n + 1/2) round away from zero, as sage_ref's do: K holds ±(n + 1/2)
+    beside ±127 in every block, in opposite pairs of tokens, so its mean is 0 and its scale exactly 1."""
+    halves = torch.tensor([0.5, 1.5, 2.5, -0.5, -3.5, 126.5, 127.0, 64.5])
+    k = torch.cat([halves, -halves]).repeat(8)[:, None].expand(-1, 16).reshape(1, 1, 128, 16).half()
+    kv = quantize_kv(k, k, block_n=128, head_dim_padded=16, smooth_k=True, v_fp8=False, per_head=per_head)
+    codes = kv["k_int8"][0, 0, :8, 0].tolist()
+    assert codes == [1, 2, 3, -1, -4, 127, 127, 65] and torch.equal(kv["k_scale"], torch.ones(1, 1, 1))
+    assert torch.equal(kv["k_int8"], sage_ref.quantize_int8(k, "block", 128).codes)

@@ -272,6 +272,7 @@ def quantize_q(q, *, sm_scale, block_m, head_dim_padded, k_mean=None, kv_heads=1
 
 STATS_CHUNK = 2048  # tokens per statistics program: enough programs to fill the GPU, few partials to combine
 STATS_BLOCK_N = 64  # tokens per load in the statistics loop (H200: 64 > 16 > 32, docs/notes.md)
+# A chunk must be whole loads: k_sum and v_amax mask rows by kv_len, not by the chunk's end (tests check it).
 STATS_STAGES = 3  # loads in flight per statistics program (software-pipelined loop; H200: -8 % at B·H >= 64)
 SMALLEST_SHARED_MEMORY = 99 * 1024  # sm89's limit per program: the smallest of the GPUs the kernels target
 
