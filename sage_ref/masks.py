@@ -23,11 +23,14 @@ LOG2E = math.log2(math.e)
 
 
 def additive_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The natural-log bias a mask adds to the logits, in ``dtype``: bool -> 0 / -inf, float -> itself."""
+    """The natural-log bias a mask adds to the logits, in ``dtype``: bool -> 0 / -inf, float -> itself, a finite
+    value past ``dtype``'s range (fp64's finfo.min in fp32) clamped to it, so a finite bias stays finite."""
     if attn_mask.dtype == torch.bool:
         zero = torch.zeros((), dtype=dtype, device=attn_mask.device)
         return torch.where(attn_mask, zero, float("-inf"))
-    return attn_mask.to(dtype)
+    bias = attn_mask.to(dtype)
+    overflowed = torch.isinf(bias) & torch.isfinite(attn_mask)
+    return torch.where(overflowed, torch.finfo(dtype).max * torch.sign(bias), bias)
 
 
 def base2_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -36,11 +39,11 @@ def base2_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     A finite bias stays finite: fp32's most negative number (``torch.finfo(torch.float32).min``,
     the "masked" value many models use) times log2 e would overflow to -inf and turn a row whose
     keys are all masked that way into a zero row, where torch gives the uniform average. So the
-    product is clamped to -finfo.max unless the bias itself is -inf.
+    product is clamped to -finfo.max unless the bias itself is -inf (in its own dtype: fp64's finfo.min already
+    overflows when converted to fp32).
     """
     if attn_mask.dtype == torch.bool:
         return additive_bias(attn_mask, dtype)
-    bias = attn_mask.to(dtype)
-    bias2 = bias * LOG2E
-    overflowed = (bias2 == float("-inf")) & (bias != float("-inf"))
+    bias2 = attn_mask.to(dtype) * LOG2E
+    overflowed = (bias2 == float("-inf")) & (attn_mask != float("-inf"))
     return torch.where(overflowed, -torch.finfo(dtype).max, bias2)

@@ -153,7 +153,8 @@ def quantize_per_channel(v: torch.Tensor, target_max: float) -> tuple[torch.Tens
     A zero channel stays 0. NaN in a channel propagates through the scale.
     """
     v = check_float_tensor("v", v).to(torch.float32)
-    amax = v.abs().amax(dim=-2, keepdim=True) + v.sum(dim=-2, keepdim=True) * 0
+    # + Σ 0·v: NaN for a channel with NaN or inf (the maximum drops NaN), 0 otherwise, even where Σ v would overflow.
+    amax = v.abs().amax(dim=-2, keepdim=True) + (v * 0).sum(dim=-2, keepdim=True)
     return v * reciprocal_scale(amax, target_max), divide(amax, target_max)
 
 

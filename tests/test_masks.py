@@ -94,23 +94,35 @@ def test_fully_masked_rows_give_zero_and_minus_inf_lse(mode):
         assert torch.isfinite(lse[mask.expand(2, 2, 70, 70).any(-1)]).all()
 
 
-def test_finite_mask_minimum_stays_finite():
-    """A row masked with torch.finfo(float32).min everywhere is torch's uniform average, not a zero row:
-    bias · log2 e overflows fp32, and the kernel clamps it back to -finfo.max."""
+@pytest.mark.parametrize("mask_dtype", [torch.float32, torch.float64])
+def test_finite_mask_minimum_stays_finite(mask_dtype):
+    """A row masked with torch.finfo(dtype).min everywhere is torch's uniform average, not a zero row:
+    bias · log2 e overflows fp32 (fp64's minimum already in the conversion), and the kernel clamps it back to
+    -finfo.max."""
     from sage_fast.triton import rung3_fused_quant
 
     gen = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(1, 2, 9, 32, generator=gen) for _ in range(3))
-    mask = torch.zeros(9, 9)
-    mask[4] = torch.finfo(torch.float32).min
-    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    assert torch.allclose(expected[:, :, 4], v.mean(dim=2), atol=1e-6)
+    mask = torch.zeros(9, 9, dtype=mask_dtype)
+    mask[4] = torch.finfo(mask_dtype).min
+    expected = F.scaled_dot_product_attention(q.to(mask_dtype), k.to(mask_dtype), v.to(mask_dtype), attn_mask=mask)
+    assert torch.allclose(expected[:, :, 4].float(), v.mean(dim=2), atol=1e-6)
     for out in (
         rung3_fused_quant.forward(q, k, v, attn_mask=mask),
         sage_ref.sage_attention(q, k, v, attn_mask=mask),
         sage_ref.naive_attention(q, k, v, attn_mask=mask),
     ):
-        torch.testing.assert_close(out[:, :, 4], expected[:, :, 4], atol=2e-3, rtol=0)
+        torch.testing.assert_close(out[:, :, 4], expected[:, :, 4].float(), atol=2e-3, rtol=0)
+
+
+def test_v_scale_of_huge_finite_values_is_finite():
+    """max|V| per channel, NaN only for non-finite V: 100 tokens of 1e37 sum past fp32's range, the scale does not."""
+    v = torch.full((1, 1, 100, 4), 1e37)
+    for quantize, target in ((sage_ref.quantize_v_fp8, 448.0), (sage_ref.quantize_v_int8, 127.0)):
+        _, scale = quantize(v)
+        assert torch.equal(scale, torch.full_like(scale, 1e37) / target)
+    v[0, 0, 50, 1] = float("inf")
+    assert torch.isnan(sage_ref.quantize_v_fp8(v)[1][..., 1]).all()
 
 
 @pytest.mark.parametrize(

@@ -150,14 +150,19 @@ def bias_base2(bias, IS_BOOL: tl.constexpr):
     """An attention-mask tile as an additive bias on base-2 logits (``sage_ref.masks.base2_bias``).
 
     bool (True = attend) -> 0 / -inf; a float bias b in natural-log units -> b · log2 e, clamped
-    to -FP32_MAX where only the product overflowed, so a finite bias (torch.finfo.min masks) stays finite.
+    to -FP32_MAX where only the conversion or the product overflowed, so a finite bias (torch.finfo.min masks,
+    fp64's among them) stays finite.
     """
     if IS_BOOL:
         bias2 = tl.where(bias != 0, 0.0, float("-inf"))
     else:
-        bias = bias.to(tl.float32)
-        bias2 = bias * LOG2E
-        bias2 = tl.where((bias2 == float("-inf")) & (bias != float("-inf")), -FP32_MAX, bias2)
+        bias32 = bias.to(tl.float32)
+        bias2 = bias32 * LOG2E
+        if bias.dtype == tl.float64:  # fp64's finite range passes fp32's: -inf after the conversion may be finite
+            finite = bias != float("-inf")
+        else:  # compared in fp32: the interpreter computes on bf16 wrongly (tests/conftest.py)
+            finite = bias32 != float("-inf")
+        bias2 = tl.where((bias2 == float("-inf")) & finite, -FP32_MAX, bias2)
     return bias2
 
 
