@@ -79,6 +79,13 @@ def check_float_tensor(name: str, t) -> torch.Tensor:
     return t
 
 
+def check_tokens(name: str, t: torch.Tensor) -> torch.Tensor:
+    """A [..., seq, channels] tensor with at least one token: a mean or a maximum over none has no value."""
+    if t.shape[-2] < 1:
+        raise ValueError(f"{name} needs at least one token (dimension -2), got shape {tuple(t.shape)}")
+    return t
+
+
 def check_flag(name: str, value) -> bool:
     """A boolean option; 0/1 or None are refused so typos don't pass silently."""
     if not isinstance(value, bool):

@@ -21,6 +21,7 @@ from typing import Callable
 
 import torch
 
+from .checks import check_block
 from .masks import base2_bias
 
 ScoresFn = Callable[[int, int], torch.Tensor]
@@ -62,6 +63,7 @@ def online_softmax(
     A row that sees no key gets output 0 and lse2 = -inf; NaN anywhere in a row's scores
     makes the row NaN.
     """
+    check_block("block_n", block_n)
     visible = causal_visible(q_len, kv_len, device) if is_causal else None
     bias2 = None
     if attn_mask is not None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import check_block, check_choice, check_float_tensor
+from .checks import check_block, check_choice, check_float_tensor, check_tokens
 
 GRANULARITIES = ("tensor", "token", "block", "warp", "thread")
 INT8_MAX = 127.0
@@ -47,7 +47,7 @@ def smooth_k(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     key of a row; but the channel bias that K shares across tokens, which would
     dominate its quantization scale, is gone.
     """
-    check_float_tensor("k", k)
+    check_tokens("k", check_float_tensor("k", k))
     dtype = torch.float64 if k.dtype == torch.float64 else torch.float32
     # Summed in fp64 and rounded once: the fp32 mean does not depend on the summation order, so a
     # kernel that sums in another order gets the same mean, and the same INT8 codes.
@@ -59,6 +59,8 @@ def token_groups(n: int, granularity: str, block_size: int, warps: int = 4, devi
     """Which scale each of ``n`` tokens uses: a LongTensor [n] of group indices."""
     check_choice("granularity", granularity, GRANULARITIES)
     check_block("block_size", block_size)
+    check_block("n", n)
+    check_block("warps", warps)
     t = torch.arange(n, device=device)
     if granularity == "tensor":
         return torch.zeros_like(t)
@@ -128,7 +130,7 @@ def quantize_int8(x: torch.Tensor, granularity: str = "block", block_size: int =
     A group whose scale is 0, or whose 127 / max|x| overflows fp32, gets codes 0. A NaN in a group makes its
     scale NaN, so NaN survives dequantization.
     """
-    x = check_float_tensor("x", x).to(torch.float32)
+    x = check_tokens("x", check_float_tensor("x", x)).to(torch.float32)
     b, h, n, _ = x.shape
     group = token_groups(n, granularity, block_size, warps, device=x.device)
     token_amax = x.abs().amax(dim=-1)
@@ -152,7 +154,7 @@ def quantize_per_channel(v: torch.Tensor, target_max: float) -> tuple[torch.Tens
     v [B, H, N, D] -> (v · (target_max / max|v|) in fp32 [B, H, N, D], scale [B, H, 1, D]).
     A zero channel stays 0. NaN in a channel propagates through the scale.
     """
-    v = check_float_tensor("v", v).to(torch.float32)
+    v = check_tokens("v", check_float_tensor("v", v)).to(torch.float32)
     # + Σ 0·v: NaN for a channel with NaN or inf (the maximum drops NaN), 0 otherwise, even where Σ v would overflow.
     amax = v.abs().amax(dim=-2, keepdim=True) + (v * 0).sum(dim=-2, keepdim=True)
     return v * reciprocal_scale(amax, target_max), divide(amax, target_max)

@@ -103,6 +103,12 @@ BAD_QUANTIZER_OPTIONS = {
     "block_size 0": (partial(quantize_int8, X, "block", 0), r"^block_size must be a positive int"),
     "block_size -1": (partial(token_groups, 4, "tensor", -1), r"^block_size must be a positive int"),
     "encoding": (partial(encode_p, torch.ones(4), "bf16"), r"^encoding must be one of"),
+    "warps 0": (partial(token_groups, 4, "warp", 64, 0), r"^warps must be a positive int"),
+    "warps 2.5": (partial(quantize_int8, X, "warp", 64, 2.5), r"^warps must be a positive int"),
+    "n 3.0": (partial(token_groups, 3.0, "token", 64), r"^n must be a positive int"),
+    "no tokens x": (partial(quantize_int8, X[:, :, :0], "block", 64), r"^x needs at least one token"),
+    "no tokens v": (partial(quantize_v_fp8, X[:, :, :0]), r"^v needs at least one token"),
+    "no tokens k": (partial(smooth_k, X[:, :, :0]), r"^k needs at least one token"),
 }
 
 
