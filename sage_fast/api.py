@@ -363,8 +363,6 @@ def scaled_dot_product_attention(
         raise ValueError(
             f"key has {key.shape[1]} heads but query has {query.shape[1]}; pass enable_gqa=True for grouped-query attention"
         )
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, numbers.Real)):
-        raise TypeError(f"scale must be a float or None, got {scale!r}")
     q_len, kv_len = query.shape[2], key.shape[2]
     if is_causal and q_len <= kv_len:
         # Top-left: query i sees keys j <= i < q_len, so keys from q_len on never count, and on the

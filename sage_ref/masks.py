@@ -42,8 +42,9 @@ def base2_bias(attn_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     product is clamped to -finfo.max unless the bias itself is -inf (in its own dtype: fp64's finfo.min already
     overflows when converted to fp32).
     """
+    bias = additive_bias(attn_mask, dtype)  # a finite mask past dtype's range already clamped to it
     if attn_mask.dtype == torch.bool:
-        return additive_bias(attn_mask, dtype)
-    bias2 = attn_mask.to(dtype) * LOG2E
-    overflowed = (bias2 == float("-inf")) & (attn_mask != float("-inf"))
+        return bias
+    bias2 = bias * LOG2E
+    overflowed = (bias2 == float("-inf")) & (bias != float("-inf"))
     return torch.where(overflowed, -torch.finfo(dtype).max, bias2)

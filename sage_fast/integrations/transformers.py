@@ -159,8 +159,9 @@ def register(name: str = "sage", *, variant: str = "auto", implementation: str =
     Afterwards ``from_pretrained(..., attn_implementation=name)``, ``AutoModel.from_config(config,
     attn_implementation=name)`` or ``model.set_attn_implementation(name)`` use it. Registering a name
     again replaces its function: its counts and the per-layer variants of an ``apply_plan`` go with it (apply
-    the plan again). Names containing "flash" are refused: transformers would look for a flash-attention kernel. The name's mask builder is ``masks.sdpa_key_mask``
-    (a name without one would get no masks at all: padding and sliding windows would be lost).
+    the plan again). Names containing "flash" are refused: transformers would look for a flash-attention kernel.
+    The name's mask builder is ``masks.sdpa_key_mask`` (a name without one would get no masks at all: padding and
+    sliding windows would be lost).
 
     Parameters
     ----------
